@@ -1,0 +1,162 @@
+"""The ``nas`` command: parse, call, print. Nothing else lives here.
+
+Conventions: ``--json`` prints exactly one JSON document on stdout (logs go to stderr);
+exit 0 on success, 2 on bad input or usage, 1 on a runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from nas.errors import InputError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return number
+
+
+def _finite_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
+
+
+# ---- inspect / scale ---------------------------------------------------------------------
+def stage_table(spec: Any) -> str:
+    """A fixed-width table of the stages of ``spec``."""
+    rows = [("stage", "operator", "layers", "kernel", "stride", "exp", "in", "out", "se")]
+    for index, s in enumerate(spec.stages, 1):
+        rows.append((str(index), s.operator, str(s.layers), str(s.kernel), str(s.stride), str(s.expansion),
+                     str(s.input_channels), str(s.output_channels), f"{s.se_ratio:g}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from nas.io import load_spec
+    from nas.model import build, count_macs, count_params
+
+    spec = load_spec(args.spec, args.num_classes)
+    size = args.image_size or spec.eval_image_size
+    params, macs = count_params(build(spec)), count_macs(spec, size)
+    data = {"name": spec.name, "params": params, "macs": macs, "image_size": size, "key": spec.key(), "spec": spec.to_dict()}
+    text = (
+        f"{spec.name}: stem {spec.stem_channels}, head {spec.head_channels}, {spec.num_classes} classes, "
+        f"train/eval image {spec.train_image_size}/{spec.eval_image_size}\n{stage_table(spec)}\n"
+        f"params {params:,}   MACs @{size}: {macs / 1e9:.3f} B"
+    )
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from nas.io import atomic_write_json, load_spec
+
+    spec = load_spec(args.spec)
+    if args.family:
+        from nas.family import run_family
+
+        return run_family(spec, args)
+    if args.width is None or args.depth is None:
+        raise InputError("scale: give --width and --depth, or --family")
+    if not args.output:
+        raise InputError("scale: -o/--output OUT.json is required")
+    from nas.model import build, count_macs, count_params
+    from nas.scaling import scale
+
+    scaled = scale(spec, args.width, args.depth)
+    atomic_write_json(args.output, scaled.to_dict())
+    params = count_params(build(scaled))
+    data = {"output": args.output, "params": params, "macs": count_macs(scaled, scaled.eval_image_size), "spec": scaled.to_dict()}
+    _emit(args, data, f"wrote {args.output}: {scaled.name}, params {params:,}\n{stage_table(scaled)}")
+    return 0
+
+
+def _lazy(module: str, name: str) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return run
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nas", description="Training-aware neural architecture search (EfficientNetV2-style).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="print a spec's stage table, params and MACs")
+    p.add_argument("spec", help="registry name or path to a spec JSON")
+    p.add_argument("--image-size", type=_positive_int, help="image size for MACs (default: the spec's eval size)")
+    p.add_argument("--num-classes", type=_positive_int, help="override the classifier size")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("scale", help="compound-scale a spec, or write an S/M/L family")
+    p.add_argument("spec", help="registry name or path to a spec JSON")
+    p.add_argument("--width", type=_finite_float)
+    p.add_argument("--depth", type=_finite_float)
+    p.add_argument("--family", action="store_true", help="write the S/M/L family (see nas.family)")
+    p.add_argument("--members", default="s,m,l", help="family members to write (default s,m,l)")
+    p.add_argument("-o", "--output", help="OUT.json (or OUT_DIR with --family)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scale)
+
+    _add_later_commands(sub)
+    return parser
+
+
+def _add_later_commands(sub: Any) -> None:
+    """Subcommands whose handlers live in heavier modules (imported only when run)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nas`` console script."""
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as error:
+        print(f"nas {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except FileExistsError as error:
+        print(f"nas {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # runtime failure: one line unless NAS_DEBUG asks for the traceback
+        if os.environ.get("NAS_DEBUG"):
+            raise
+        print(f"nas {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Loading specs by name or path, and atomic file writes (nothing half-written on failure)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nas.spec import NetworkSpec, SpecError
+from nas.zoo import NAMES, get
+
+
+def load_spec(name_or_path: str, num_classes: int | None = None) -> NetworkSpec:
+    """A registry name (``efficientnetv2-b0``) or a path to a spec JSON (an ``nas export`` file works too).
+
+        >>> load_spec("efficientnetv2-b0", num_classes=10).num_classes
+        10
+    """
+    if name_or_path in NAMES:
+        spec = get(name_or_path)
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SpecError(
+                f"spec: {name_or_path!r} is neither a registry name ({', '.join(NAMES)}) nor an existing JSON file"
+            )
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise SpecError(f"spec: cannot read {name_or_path}: {error}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SpecError(f"spec {name_or_path}: malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        if isinstance(data, dict) and "spec" in data and "provenance" in data:
+            data = data["spec"]  # an `nas export` file: spec plus provenance
+        try:
+            spec = NetworkSpec.from_dict(data)
+        except SpecError as error:
+            raise SpecError(f"spec {name_or_path}: {error}") from None
+    return spec.with_classes(num_classes) if num_classes is not None else spec
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists; pass --force to overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, overwrite: bool = True) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)

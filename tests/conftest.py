@@ -1,0 +1,50 @@
+"""Shared helpers: run the real ``nas`` console command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_nas(*args: str, timeout: float = 600, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Result:
+    """Run ``python -m nas.cli ARGS`` as a user would run ``nas ARGS``."""
+    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=full_env,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: Result, *needles: str) -> None:
+    """Exit 2, a single stderr line, no traceback, and the line names the problem."""
+    assert result.code == 2, (result.code, result.err)
+    lines = [line for line in result.err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture
+def nas_cli():
+    return run_nas
