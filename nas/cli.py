@@ -99,6 +99,28 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_space(args: argparse.Namespace) -> int:
+    from search_spaces import SearchSpace
+
+    if args.config:
+        space = SearchSpace.from_file(args.config, backbone=args.backbone)
+    else:
+        space = SearchSpace.default(args.backbone or "efficientnetv2-b0")
+    info = space.describe()
+    rows = [("stage", "operators", "layers", "kernels", "expansions", "stride", "in->out", "choices")]
+    for st in info["stages"]:
+        rows.append((str(st["stage"]), "/".join(st["operators"]), "{}-{}".format(*st["layers"]),
+                     "/".join(map(str, st["kernels"])), "/".join(map(str, st["expansions"])), str(st["stride"]),
+                     "{}->{}".format(*st["channels"]), str(st["choices"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    text = (f"search space over {info['backbone']}\n{table}\n"
+            f"distinct architectures: {info['size']:,}\n"
+            f"params (at {info['num_classes']} classes): smallest {info['min_params']:,}, largest {info['max_params']:,}")
+    _emit(args, info, text)
+    return 0
+
+
 def _lazy(module: str, name: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -128,6 +150,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="OUT.json (or OUT_DIR with --family)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("space", help="print the search space, its size and parameter range")
+    p.add_argument("--backbone", help="registry name or spec JSON (default efficientnetv2-b0)")
+    p.add_argument("--config", help="space config (YAML, TOML or JSON)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_space)
 
     _add_later_commands(sub)
     return parser

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nas.errors import InputError
 from nas.spec import NetworkSpec, SpecError
 from nas.zoo import NAMES, get
 
@@ -64,3 +65,34 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool =
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any, overwrite: bool = True) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
+
+
+def load_config_file(path: str | os.PathLike[str], what: str = "config") -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what}: file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise InputError(f"{what}: {path.name} has an unknown extension, allowed .yaml, .yml, .toml, .json")
+    except InputError:
+        raise
+    except Exception as error:  # yaml / toml / json parse errors differ in type; all are bad input
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{what}: cannot parse {path.name}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{what}: {path.name} must hold a mapping at the top level")
+    return data

@@ -247,3 +247,35 @@ def count_macs_traced(model: nn.Module, image_size: int) -> int:
     for handle in handles:
         handle.remove()
     return total
+
+
+def _conv_bn_params(cin: int, cout: int, kernel: int, groups: int = 1) -> int:
+    return cout * (cin // groups) * kernel * kernel + 2 * cout  # conv weight + BN affine
+
+
+def count_stage_params(stage: StageSpec) -> int:
+    """Parameters of one stage, from the spec alone (equals the built modules' count)."""
+    total = 0
+    for layer in range(stage.layers):
+        cin = stage.input_channels if layer == 0 else stage.output_channels
+        cout, k, e = stage.output_channels, stage.kernel, stage.expansion
+        mid = cin * e
+        if stage.operator == "mbconv":
+            total += (_conv_bn_params(cin, mid, 1) if e != 1 else 0) + _conv_bn_params(mid, mid, k, groups=mid)
+        else:
+            mid = cout if e == 1 else mid
+            total += _conv_bn_params(cin, mid, k)
+        if stage.se_ratio > 0:
+            squeeze = max(1, int(cin * stage.se_ratio))
+            total += 2 * mid * squeeze + squeeze + mid  # two 1x1 convs with bias
+        if not (stage.operator == "fused_mbconv" and e == 1):
+            total += _conv_bn_params(mid, cout, 1)
+    return total
+
+
+def count_spec_params(spec: NetworkSpec) -> int:
+    """Parameters of ``build(spec)`` without building it (fast enough to sweep a search space)."""
+    stem = _conv_bn_params(3, spec.stem_channels, 3)
+    head = _conv_bn_params(spec.stages[-1].output_channels, spec.head_channels, 1)
+    classifier = spec.head_channels * spec.num_classes + spec.num_classes
+    return stem + sum(count_stage_params(s) for s in spec.stages) + head + classifier

@@ -99,3 +99,10 @@ def test_round_filters_guard():
     assert round_filters(16, 1.1) == 16
     assert round_filters(1280, 1.1) == 1408
     assert round_filters(20, 0.5) == 16  # 10 rounds to 8, below 0.9*10 -> +8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_analytic_param_count_equals_built(name):
+    from nas.model import count_spec_params
+
+    assert count_spec_params(get(name)) == OFFICIAL_PARAMS[name]
