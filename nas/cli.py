@@ -121,6 +121,33 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas.io import load_spec
+    from nas.timing import TimingConfig
+    from nas.train import TrainConfig
+    from runners.evaluate import evaluate_candidate
+
+    spec = load_spec(args.spec)
+    backbone = load_spec(args.backbone) if args.backbone else spec
+    train = TrainConfig(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
+                        threads=args.threads)
+    timing = TimingConfig(batch_size=args.timing_batch_size, image_size=args.timing_image_size, steps=args.timing_steps)
+
+    def progress(epoch: int, m: dict) -> bool:
+        print(f"epoch {epoch}/{train.epochs}: val accuracy {m['val_accuracy']:.4f}  val loss {m['val_loss']:.4f}  "
+              f"({m['seconds']:.1f} s)", file=sys.stderr)
+        return False
+
+    record = evaluate_candidate(spec, args.data, train, timing, backbone=backbone, device=args.device, on_epoch=progress)
+    text = (f"{spec.name} on {record['data']}: accuracy {record['accuracy']:.4f}, "
+            f"step {record.get('step_time_ms', float('nan')):.1f} ms (S = {record.get('normalized_step_time', float('nan')):.3f} "
+            f"vs {backbone.name}), params {record['params']:,}, {record['wall_seconds']:.0f} s on {record['device']}")
+    if record["status"] == "failed":
+        text += f"\nFAILED: {record['failure_reason']}"
+    _emit(args, record, text)
+    return 1 if record["status"] == "failed" else 0
+
+
 def _lazy(module: str, name: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -156,6 +183,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="space config (YAML, TOML or JSON)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_space)
+
+    p = sub.add_parser("evaluate", help="proxy-train one spec, time its training step, count it")
+    p.add_argument("spec", help="registry name or spec JSON")
+    p.add_argument("--data", default="digits", help="digits (built in) or a path: IDX dir, CIFAR dir, image folder, .npz")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--image-size", type=_positive_int, default=32, help="proxy training image size (default 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--backbone", help="reference spec for S and P (default: the spec itself)")
+    p.add_argument("--timing-batch-size", type=_positive_int, default=32)
+    p.add_argument("--timing-image-size", type=_positive_int, help="default: the reference's training image size")
+    p.add_argument("--timing-steps", type=_positive_int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     _add_later_commands(sub)
     return parser

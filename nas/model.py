@@ -154,14 +154,18 @@ def _block(stage: StageSpec, layer: int, drop: float) -> nn.Module:
 
 def _init(module: nn.Module) -> None:
     if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out")
+        # depthwise: fan_in (k*k), since fan_out (C*k*k) shrinks activations ~C-fold and leaves
+        # BN running statistics far behind the batch statistics for hundreds of steps
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        nn.init.kaiming_normal_(module.weight, mode="fan_in" if depthwise else "fan_out")
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.BatchNorm2d):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Linear):
-        bound = 1.0 / module.out_features**0.5
+        # 1/sqrt(fan_in): small initial logits (1/sqrt(out) gives a loss of ~4.6 at 10 classes)
+        bound = 1.0 / module.in_features**0.5
         nn.init.uniform_(module.weight, -bound, bound)
         nn.init.zeros_(module.bias)
 
@@ -177,6 +181,11 @@ def build(spec: NetworkSpec) -> Network:
     """
     model = Network(spec)
     model.apply(_init)
+    for block in model.blocks:
+        # residual blocks start as identity: zero the last BN scale (Goyal et al. 2017)
+        if isinstance(block, _Residual) and block.use_residual:
+            last_bn = [m for m in block.body.modules() if isinstance(m, nn.BatchNorm2d)][-1]
+            nn.init.zeros_(last_bn.weight)
     return model
 
 

@@ -1,0 +1,382 @@
+"""Data sets as uint8 tensors, and the on-device batch pipeline (airbench style).
+
+Loaders return a :class:`Dataset` of ``(N, C, H, W)`` uint8 images and int64 labels. The
+training side (:class:`DeviceData`) puts the images on the device once, resizes them once per
+image size, and makes batches by slicing, with random crop/flip and normalization done batched
+on the device: no per-sample Python in the training loop.
+
+    >>> ds = load_dataset("digits")
+    >>> ds.train_images.shape[1:], ds.num_classes
+    (torch.Size([1, 8, 8]), 10)
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.errors import InputError
+
+BUILTIN = ("digits",)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".webp", ".tif", ".tiff"}
+
+
+class DataError(InputError):
+    """A data set cannot be read: missing path, corrupt file, mismatched counts, no images."""
+
+
+@dataclass
+class Dataset:
+    """Images as uint8 ``(N, C, H, W)`` tensors with int64 labels; ``test_*`` is never used for selection."""
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.ndim != 4:
+                raise DataError(f"{self.name}: {split} images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            if len(images) != len(labels):
+                raise DataError(f"{self.name}: {split} has {len(images)} images but {len(labels)} labels")
+            if len(images) == 0:
+                raise DataError(f"{self.name}: the {split} split is empty")
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise DataError(f"{self.name}: {split} labels must lie in [0, {self.num_classes - 1}]")
+
+    def split_validation(self, fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A deterministic held-out split of the *training* data (the paper's minival).
+
+        Returns ``(train_images, train_labels, val_images, val_labels)``; the test split is untouched.
+        """
+        if not 0 < fraction < 1:
+            raise InputError(f"validation_fraction: {fraction} is not allowed, allowed (0, 1)")
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self.train_images), generator=generator)
+        n_val = max(1, int(round(len(order) * fraction)))
+        val, train = order[:n_val], order[n_val:]
+        return self.train_images[train], self.train_labels[train], self.train_images[val], self.train_labels[val]
+
+
+# ---- loaders ---------------------------------------------------------------------------------
+def load_dataset(name_or_path: str, seed: int = 0) -> Dataset:
+    """Load ``digits`` (built in) or a path: IDX directory (MNIST / Fashion-MNIST), CIFAR-10/100
+    python batches (plain, ``.xz`` or ``.gz`` per file), an image-folder tree, or an ``.npz`` file.
+    """
+    if name_or_path == "digits":
+        return _digits(seed)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise DataError(f"data: {name_or_path!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor an existing path")
+    if path.is_file():
+        if path.suffix == ".npz":
+            return _npz(path, seed)
+        raise DataError(f"data: {path.name} is not a supported file, allowed .npz or a directory (IDX, CIFAR, image folder)")
+    if _find(path, "train-images-idx3-ubyte"):
+        return _idx_dir(path)
+    if _find(path, "data_batch_1") or _find(path, "train"):
+        cifar = _find(path, "data_batch_1") or _find(path, "train")
+        if cifar is not None and cifar.is_file():
+            return _cifar(path)
+    return _image_folder(path, seed)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    # the same file may come plain, gzipped or xz-compressed
+    for suffix in ("", ".gz", ".xz"):
+        candidate = root / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            return gzip.decompress(path.read_bytes())
+        if path.suffix == ".xz":
+            return lzma.decompress(path.read_bytes())
+        return path.read_bytes()
+    except (OSError, EOFError, lzma.LZMAError) as error:
+        raise DataError(f"data: {path} is corrupt or truncated ({error})") from None
+
+
+def _hold_out_test(name: str, images: torch.Tensor, labels: torch.Tensor, seed: int, classes: int, names: list[str]) -> Dataset:
+    # a data set with no test split gets a fixed 20% test split, drawn once from a fixed seed
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(10_000 + seed))
+    n_test = max(1, len(images) // 5)
+    test, train = order[:n_test], order[n_test:]
+    return Dataset(name, images[train], labels[train], images[test], labels[test], classes, names)
+
+
+def _digits(seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 grey levels 0..16 -> uint8 0..255
+    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    return _hold_out_test("digits", images, labels, 0, 10, [str(i) for i in range(10)])
+
+
+def parse_idx(data: bytes, source: str) -> np.ndarray:
+    """Decode an IDX (MNIST-format) byte string into an array."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"data: {source} is not an IDX uint8 file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"data: {source} is truncated (incomplete header)")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(dims)) if dims else 0
+    if len(data) - header != expected:
+        raise DataError(f"data: {source} is corrupt: header says {expected} values, file holds {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_dir(root: Path) -> Dataset:
+    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        image_file, label_file = _find(root, f"{prefix}-images-idx3-ubyte"), _find(root, f"{prefix}-labels-idx1-ubyte")
+        if image_file is None or label_file is None:
+            raise DataError(f"data: {root} lacks {prefix}-images-idx3-ubyte or {prefix}-labels-idx1-ubyte (.gz)")
+        images = parse_idx(_read_bytes(image_file), image_file.name)
+        labels = parse_idx(_read_bytes(label_file), label_file.name)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataError(f"data: {image_file.name} must be (N, H, W) and {label_file.name} (N,)")
+        if len(images) != len(labels):
+            raise DataError(f"data: {image_file.name} has {len(images)} images but {label_file.name} has {len(labels)} labels")
+        return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+    train, test = pair("train"), pair("t10k")
+    classes = int(max(train[1].max(), test[1].max())) + 1
+    return Dataset(root.name, *train, *test, classes, [str(i) for i in range(classes)])
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        return pickle.load(io.BytesIO(_read_bytes(path)), encoding="bytes")
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"data: {path} is not a readable CIFAR pickle ({type(error).__name__})") from None
+
+
+def _cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = _unpickle(path)
+    label_key = next((k for k in (b"labels", b"fine_labels") if k in batch), None)
+    if b"data" not in batch or label_key is None:
+        raise DataError(f"data: {path} lacks 'data' or 'labels'")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"data: {path} holds data of shape {data.shape}, expected (N, 3072)")
+    if len(data) != len(labels):
+        raise DataError(f"data: {path} has {len(data)} images but {len(labels)} labels")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def _cifar(root: Path) -> Dataset:
+    if _find(root, "data_batch_1"):  # CIFAR-10
+        files = [_find(root, f"data_batch_{i}") for i in range(1, 6)]
+        train_files = [f for f in files if f is not None]
+        test_file, meta_file, meta_key = _find(root, "test_batch"), _find(root, "batches.meta"), b"label_names"
+    else:  # CIFAR-100
+        train_files, test_file, meta_file, meta_key = [_find(root, "train")], _find(root, "test"), _find(root, "meta"), b"fine_label_names"
+    if test_file is None:
+        raise DataError(f"data: {root} has training batches but no test batch")
+    parts = [_cifar_batch(f) for f in train_files if f is not None]
+    train_images, train_labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    test_images, test_labels = _cifar_batch(test_file)
+    names: list[str] = []
+    if meta_file is not None:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(meta_file).get(meta_key, [])]
+    classes = max(len(names), int(max(train_labels.max(), test_labels.max())) + 1)
+    return Dataset(root.name, train_images, train_labels, test_images, test_labels, classes, names)
+
+
+def _npz_images(array: np.ndarray, source: str) -> torch.Tensor:
+    if array.ndim == 3:  # (N, H, W) grey
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
+        array = array.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if array.ndim != 4 or array.shape[1] not in (1, 3):
+        raise DataError(f"data: {source} images have shape {array.shape}, expected (N, H, W), (N, H, W, C) or (N, C, H, W)")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.max() <= 1.0:
+            array = array * 255.0
+        array = np.clip(array, 0, 255).round().astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _npz(path: Path, seed: int) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except Exception as error:
+        raise DataError(f"data: {path} is not a readable .npz file ({type(error).__name__})") from None
+    if {"x_train", "y_train"} <= arrays.keys():
+        train = _npz_images(arrays["x_train"], path.name), torch.from_numpy(arrays["y_train"].astype(np.int64).ravel())
+        test = None
+        if {"x_test", "y_test"} <= arrays.keys():
+            test = _npz_images(arrays["x_test"], path.name), torch.from_numpy(arrays["y_test"].astype(np.int64).ravel())
+    elif {"images", "labels"} <= arrays.keys():
+        train, test = (_npz_images(arrays["images"], path.name), torch.from_numpy(arrays["labels"].astype(np.int64).ravel())), None
+    else:
+        raise DataError(f"data: {path.name} must hold x_train/y_train[/x_test/y_test] or images/labels, found {', '.join(arrays) or 'nothing'}")
+    for images, labels in [train] + ([test] if test else []):
+        if len(images) != len(labels):
+            raise DataError(f"data: {path.name} has {len(images)} images but {len(labels)} labels")
+    labels_all = torch.cat([train[1]] + ([test[1]] if test else []))
+    if labels_all.min() < 0:
+        raise DataError(f"data: {path.name} has negative labels")
+    classes = int(labels_all.max()) + 1
+    if test is None:
+        return _hold_out_test(path.stem, train[0], train[1], seed, classes, [str(i) for i in range(classes)])
+    return Dataset(path.stem, *train, *test, classes, [str(i) for i in range(classes)])
+
+
+def _read_folder(root: Path, classes: list[str] | None = None) -> tuple[list[np.ndarray], list[int], list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names = classes or [d.name for d in class_dirs]
+    images, labels = [], []
+    size = None
+    for directory in class_dirs:
+        if directory.name not in names:
+            raise DataError(f"data: class folder {directory} is not among the training classes")
+        for file in sorted(directory.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("RGB")
+                    size = size or image.size  # every image is resized to the first one's size
+                    images.append(np.asarray(image.resize(size) if image.size != size else image, dtype=np.uint8))
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataError(f"data: {file} is not a readable image ({type(error).__name__})") from None
+            labels.append(names.index(directory.name))
+    return images, labels, names
+
+
+def _image_folder(root: Path, seed: int) -> Dataset:
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    train_images, train_labels, names = _read_folder(root / "train" if has_splits else root)
+    if not train_images:
+        raise DataError(f"data: {root} holds no images (expected one subfolder per class with image files, or IDX/CIFAR/.npz data)")
+    if len(names) < 2:
+        raise DataError(f"data: {root} has {len(names)} class folder(s), need at least 2")
+
+    def stack(images: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+    images, labels = stack(train_images), torch.tensor(train_labels, dtype=torch.int64)
+    if not has_splits:
+        return _hold_out_test(root.name, images, labels, seed, len(names), names)
+    test_images, test_labels, _ = _read_folder(root / "test", names)
+    if not test_images:
+        raise DataError(f"data: {root / 'test'} holds no images")
+    test = stack(test_images)
+    if test.shape[2:] != images.shape[2:]:
+        test = F.interpolate(test.float(), size=images.shape[2:], mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return Dataset(root.name, images, labels, test, torch.tensor(test_labels, dtype=torch.int64), len(names), names)
+
+
+# ---- the on-device pipeline ------------------------------------------------------------------
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize ``(N, C, H, W)`` uint8 to ``size`` x ``size`` (done once per size, on the device); grey -> RGB."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[2:] == (size, size):
+        return images.contiguous()
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=images.device)
+    for start in range(0, len(images), chunk):  # bounded float memory for large data sets
+        part = images[start : start + chunk].float()
+        out[start : start + chunk] = F.interpolate(part, size=(size, size), mode="bilinear", antialias=size < images.shape[2],
+                                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+class DeviceData:
+    """Training and validation tensors held once on ``device``; batches are slices.
+
+        >>> ds = load_dataset("digits")
+        >>> dd = DeviceData(*ds.split_validation(0.2, seed=0), device="cpu")
+        >>> x, y = next(dd.train_batches(32, image_size=16, generator=torch.Generator().manual_seed(0)))
+        >>> x.shape, x.dtype
+        (torch.Size([32, 3, 16, 16]), torch.float32)
+    """
+
+    def __init__(self, train_images: torch.Tensor, train_labels: torch.Tensor, val_images: torch.Tensor,
+                 val_labels: torch.Tensor, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.train_images = train_images.to(self.device)
+        self.train_labels = train_labels.to(self.device)
+        self.val_images = val_images.to(self.device)
+        self.val_labels = val_labels.to(self.device)
+        rgb = resize_uint8(self.train_images, self.train_images.shape[2]).float() / 255.0  # (N, 3, H, W)
+        self.mean = rgb.mean((0, 2, 3)).view(1, 3, 1, 1)
+        self.std = rgb.std((0, 2, 3)).clamp_min(1e-3).view(1, 3, 1, 1)
+        self._resized: dict[tuple[str, int], torch.Tensor] = {}
+
+    def images(self, split: str, size: int) -> torch.Tensor:
+        """The split's images at ``size`` as uint8 (N, 3, size, size), resized once and cached."""
+        key = (split, size)
+        if key not in self._resized:
+            self._resized = {k: v for k, v in self._resized.items() if k[0] != split}  # keep one size per split
+            self._resized[key] = resize_uint8(self.train_images if split == "train" else self.val_images, size)
+        return self._resized[key]
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() / 255.0 - self.mean) / self.std
+
+    def train_batches(self, batch_size: int, image_size: int, generator: torch.Generator, crop_padding: int | None = None,
+                      flip: bool = True, drop_last: bool = True):
+        """One epoch of shuffled, augmented, normalized float batches ``(B, 3, S, S)`` with labels ``(B,)``."""
+        images = self.images("train", image_size)
+        n = len(images)
+        padding = max(1, image_size // 16) if crop_padding is None else crop_padding
+        order = torch.randperm(n, generator=generator).to(self.device)
+        # the augmentation randomness is drawn on the CPU generator: same seed, same batches
+        shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).to(self.device) if padding else None
+        flips = (torch.rand(n, generator=generator) < 0.5).to(self.device) if flip else None
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            index = order[start : start + batch_size]
+            batch = images[index]  # (B, 3, S, S) uint8
+            if padding:
+                batch = random_crop(batch, padding, shifts[start : start + batch_size])
+            if flip:
+                batch = torch.where(flips[start : start + batch_size].view(-1, 1, 1, 1), batch.flip(3), batch)
+            yield self.normalize(batch), self.train_labels[index]
+
+    def eval_batches(self, batch_size: int, image_size: int):
+        images = self.images("val", image_size)
+        for start in range(0, len(images), batch_size):
+            yield self.normalize(images[start : start + batch_size]), self.val_labels[start : start + batch_size]
+
+
+def random_crop(batch: torch.Tensor, padding: int, shifts: torch.Tensor) -> torch.Tensor:
+    """Per-sample crop of a reflect-padded batch: (B, C, S, S) -> (B, C, S, S); ``shifts`` (B, 2) in [0, 2p]."""
+    b, _, h, w = batch.shape
+    padded = F.pad(batch.float() if batch.dtype == torch.uint8 and batch.device.type == "cpu" else batch,
+                   (padding,) * 4, mode="reflect" if padding < min(h, w) else "replicate")
+    rows = shifts[:, 0:1] + torch.arange(h, device=batch.device)  # (B, H)
+    cols = shifts[:, 1:2] + torch.arange(w, device=batch.device)  # (B, W)
+    n = torch.arange(b, device=batch.device)[:, None, None]
+    out = padded[n, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).to(batch.dtype).contiguous()

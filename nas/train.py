@@ -1,0 +1,220 @@
+"""Proxy training: a few epochs at a reduced image size, as the search's inner loop.
+
+Data stay on the device (:class:`nas.data.DeviceData`); the optimizer is AdamW with a linear
+warm-up and a cosine decay, label smoothing, bf16 autocast and channels_last on CUDA, fp32 with
+an explicit thread count on CPU.
+
+    >>> from nas.data import load_dataset
+    >>> from nas.zoo import get
+    >>> ds = load_dataset("digits")
+    >>> out = train_proxy(get("efficientnetv2-b0", 10), ds, TrainConfig(epochs=1, image_size=16))
+    >>> 0.0 <= out.accuracy <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.data import Dataset, DeviceData
+from nas.errors import InputError
+from nas.model import build
+from nas.spec import NetworkSpec
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Proxy-training settings; defaults are the measured good setup on small data (FINDINGS.md)."""
+
+    epochs: int = 10
+    image_size: int = 32
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    validation_fraction: float = 0.2
+    seed: int = 0
+    threads: int | None = None
+    deterministic: bool = True
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 1), ("image_size", 8), ("batch_size", 2), ("eval_batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InputError(f"{name}: {value!r} is not allowed, allowed an integer >= {low}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer: {self.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
+        for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
+                                ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+                raise InputError(f"{name}: {value!r} is not allowed, allowed a number in [{low}, {high}]")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InputError(f"threads: {self.threads!r} is not allowed, allowed an integer >= 1 or null")
+
+
+@dataclass
+class TrainResult:
+    """What a proxy training run produced; ``failure`` is set when it could not finish."""
+
+    accuracy: float = 0.0
+    val_loss: float = float("nan")
+    curve: list[dict[str, float]] = field(default_factory=list)
+    epochs_run: int = 0
+    stopped_early: bool = False
+    failure: str | None = None
+    seconds: float = 0.0
+    images_seen: int = 0
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """``cuda`` when present (or asked for), else ``cpu``."""
+    if prefer:
+        if prefer.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device: {prefer!r} asked for but CUDA is not available, allowed cpu")
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine to 0 (``LambdaLR`` form)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on BN and biases (1-d parameters), as the reference code
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` over ``batches``."""
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in batches:
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            logits = model(x)
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    model.train()
+    return correct / max(1, total), loss_sum / max(1, total)
+
+
+EpochCallback = Callable[[int, dict[str, float]], bool | None]
+
+
+def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConfig = TrainConfig(),
+                on_epoch: EpochCallback | None = None, device: str | torch.device | None = None,
+                step_guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> TrainResult:
+    """Train ``build(spec)`` for ``config.epochs`` epochs; validate on the held-out split after each.
+
+    ``on_epoch(epoch, metrics)`` may return True to stop early (pruning). ``step_guard`` wraps every
+    optimizer step (a shared :class:`~nas.timing.DeviceLock`, so timing can pause this trial).
+    A non-finite loss or a CUDA out-of-memory error ends the run with ``failure`` set.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if isinstance(data, Dataset):
+        data = DeviceData(*data.split_validation(config.validation_fraction, seed=0), device=pick_device(device and str(device)))
+    device = data.device
+    seed_everything(config.seed, config.deterministic and device.type == "cpu")
+    result = TrainResult()
+    begin = time.perf_counter()
+    model = optimizer = None
+    try:
+        model = build(spec).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, config)
+        steps_per_epoch = max(1, len(data.train_labels) // config.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)))
+        generator = torch.Generator().manual_seed(config.seed)
+        guard = step_guard or contextlib.nullcontext
+        for epoch in range(1, config.epochs + 1):
+            epoch_begin, loss_sum, seen = time.perf_counter(), 0.0, 0
+            for x, y in data.train_batches(config.batch_size, config.image_size, generator):
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with guard():
+                    with autocast(device):
+                        loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch}")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                loss_sum += float(loss.detach()) * len(y)
+                seen += len(y)
+            accuracy, val_loss = evaluate(model, data.eval_batches(config.eval_batch_size, config.image_size), device)
+            metrics = {"epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss, "train_loss": loss_sum / max(1, seen),
+                       "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - epoch_begin}
+            result.curve.append(metrics)
+            result.accuracy, result.val_loss, result.epochs_run = accuracy, val_loss, epoch
+            result.images_seen += seen
+            if on_epoch is not None and on_epoch(epoch, metrics) and epoch < config.epochs:
+                result.stopped_early = True
+                break
+    except NonFiniteLoss as error:
+        result.failure = str(error)
+    except torch.cuda.OutOfMemoryError as error:
+        result.failure = f"CUDA out of memory: {str(error).splitlines()[0]}"
+    finally:
+        result.seconds = time.perf_counter() - begin
+        del model, optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def result_summary(result: TrainResult) -> dict[str, Any]:
+    return {"accuracy": result.accuracy, "val_loss": result.val_loss, "curve": result.curve, "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early, "failure": result.failure, "train_seconds": result.seconds}

@@ -1,0 +1,123 @@
+"""Candidate evaluation: spec -> proxy training + step timing -> one result record (a dict).
+
+The record is what every trial stores (Optuna user attributes) and what rewards are computed
+from, so a finished sweep can be re-scored without training.
+
+    >>> from nas.zoo import get
+    >>> rec = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", TrainConfig(epochs=1, image_size=16),
+    ...                          TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3))
+    >>> sorted(k for k in ("accuracy", "step_time_ms", "normalized_step_time", "params") if k in rec)
+    ['accuracy', 'normalized_step_time', 'params', 'step_time_ms']
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import resource
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+
+from nas.data import Dataset, DeviceData, load_dataset
+from nas.model import count_macs, count_spec_params
+from nas.spec import NetworkSpec
+from nas.timing import DeviceLock, ReferenceCache, TimingConfig, device_name, measure_step_time
+from nas.train import EpochCallback, TrainConfig, pick_device, train_proxy
+
+_DATA_CACHE: dict[tuple[str, str, float], DeviceData] = {}
+
+
+def device_data(data: str | Dataset, config: TrainConfig, device: torch.device) -> tuple[DeviceData, int, str]:
+    """The data set on ``device`` with its validation split; cached per process (Ray reuses workers)."""
+    name = data if isinstance(data, str) else data.name
+    key = (name, str(device), config.validation_fraction)
+    dataset = None
+    if key not in _DATA_CACHE:
+        dataset = load_dataset(data) if isinstance(data, str) else data
+        _DATA_CACHE.clear()  # one data set per worker is enough; frees device memory
+        _DATA_CACHE[key] = DeviceData(*dataset.split_validation(config.validation_fraction, seed=0), device=device)
+        _DATA_CACHE[key].num_classes = dataset.num_classes  # type: ignore[attr-defined]
+    cached = _DATA_CACHE[key]
+    return cached, cached.num_classes, name  # type: ignore[attr-defined]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def evaluate_candidate(
+    spec: NetworkSpec,
+    data: str | Dataset,
+    train_config: TrainConfig = TrainConfig(),
+    timing_config: TimingConfig = TimingConfig(),
+    backbone: NetworkSpec | None = None,
+    device: str | None = None,
+    on_epoch: EpochCallback | None = None,
+    reference_cache: ReferenceCache | None = None,
+    lock: bool = True,
+) -> dict[str, Any]:
+    """Train ``spec`` briefly, time its training step, count it; return the full record.
+
+    ``backbone`` (default: ``spec`` itself) is the reference for the normalized step time S and
+    normalized params P. Failures (non-finite loss, CUDA OOM) come back as ``status: "failed"``.
+    """
+    begin = time.perf_counter()
+    torch_device = pick_device(device)
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    dev_data, num_classes, data_name = device_data(data, train_config, torch_device)
+    spec = spec.with_classes(num_classes)
+    backbone = (backbone or spec).with_classes(num_classes)
+    device_lock = DeviceLock(f"{platform.node()}-{device_name(torch_device)}") if lock else None
+    guard = device_lock.shared if device_lock else None
+
+    result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, step_guard=guard)
+    record: dict[str, Any] = {
+        "status": "failed" if result.failure else ("pruned" if result.stopped_early else "ok"),
+        "failure_reason": result.failure,
+        "accuracy": result.accuracy,
+        "val_loss": result.val_loss,
+        "curve": result.curve,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.seconds,
+    }
+    params, backbone_params = count_spec_params(spec), count_spec_params(backbone)
+    timing_size = timing_config.image_size or backbone.train_image_size
+    timing_config = replace(timing_config, image_size=timing_size)  # candidate and reference at the same size
+    record.update(params=params, normalized_params=params / backbone_params, reference_params=backbone_params,
+                  macs=count_macs(spec, timing_size), proxy_macs=count_macs(spec, train_config.image_size))
+    if result.failure is None:
+        try:
+            step = measure_step_time(spec, timing_config, torch_device, device_lock)
+            reference = (reference_cache or ReferenceCache()).get(backbone, timing_config, torch_device, device_lock)
+            record.update(step_time_ms=step.median_ms, step_time_iqr_ms=step.iqr_ms, step_time_cv=step.cv,
+                          step_time_samples_ms=list(step.samples_ms), reference_step_time_ms=reference,
+                          normalized_step_time=step.median_ms / reference, throughput_img_s=step.images_per_second)
+        except torch.cuda.OutOfMemoryError as error:
+            record.update(status="failed", failure_reason=f"CUDA out of memory while timing: {str(error).splitlines()[0]}")
+            torch.cuda.empty_cache()
+    record.update(
+        spec=spec.to_dict(),
+        spec_key=spec.key(),
+        data=data_name,
+        num_classes=num_classes,
+        train_config=asdict(train_config),
+        timing_config=asdict(timing_config),
+        backbone=backbone.name,
+        device=device_name(torch_device),
+        torch_version=torch.__version__,
+        threads=torch.get_num_threads(),
+        host=platform.node(),
+        peak_memory_mb=peak_memory_mb(torch_device),
+        seed=train_config.seed,
+        wall_seconds=time.perf_counter() - begin,
+        finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    return record
