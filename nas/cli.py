@@ -148,6 +148,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if record["status"] == "failed" else 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from runners.config import resolve_config
+    from runners.sweep import run_sweep
+
+    train = {k: v for k, v in {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}.items()
+             if v is not None}
+    timing = {k: v for k, v in {"image_size": args.timing_image_size, "batch_size": args.timing_batch_size,
+                                "steps": args.timing_steps}.items() if v is not None}
+    reward = {k: v for k, v in {"name": args.reward, "w": args.w, "v": args.v}.items() if v is not None}
+    overrides = {
+        "name": args.name, "runs_dir": args.runs_dir, "data": args.data, "backbone": args.backbone, "n_trials": args.trials,
+        "max_concurrent": args.concurrent, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+        "sampler": args.sampler, "seed": args.seed, "objective": args.objective, "pruner": args.pruner, "storage": args.storage,
+        "address": args.address, "ray_tmpdir": args.ray_tmpdir, "ray_dashboard": args.ray_dashboard or None,
+        "quiet": args.quiet or None, "train": train or None, "timing": timing or None, "reward": reward or None,
+    }
+    if args.space:
+        from nas.io import load_config_file
+
+        overrides["space"] = load_config_file(args.space, "space config")
+    summary = run_sweep(resolve_config(args.config, overrides))
+    text = (f"sweep {summary['study']} in {summary['run_dir']}: {summary['complete']} complete, {summary['pruned']} pruned, "
+            f"{summary['failed']} failed, {summary['wall_seconds']:.0f} s")
+    if summary.get("best_reward") is not None:
+        text += f"\nbest trial {summary['best_trial']}: reward {summary['best_reward']:.4f}\n  {summary['best_spec_key']}"
+    text += (f"\nnext: nas export {summary['run_dir']} -o arch.json   |   nas report {summary['run_dir']}   |   "
+             f"nas dashboard {summary['run_dir']}")
+    _emit(args, summary, text)
+    return 0 if summary["complete"] or summary["pruned"] else 1  # nothing finished: a runtime failure
+
+
 def _lazy(module: str, name: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -199,6 +230,38 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-steps", type=_positive_int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("search", help="run (or resume) a search sweep on Ray with an Optuna study")
+    p.add_argument("--config", help="sweep config (YAML, TOML or JSON); flags override it")
+    p.add_argument("--name", help="sweep name: the run directory is RUNS_DIR/NAME (default 'default')")
+    p.add_argument("--runs-dir", help="parent of run directories (default ./runs)")
+    p.add_argument("--data", help="digits (default) or a data path")
+    p.add_argument("--backbone", help="backbone spec for the space and the S/P reference (default efficientnetv2-b0)")
+    p.add_argument("--space", help="search-space config file (see `nas space`)")
+    p.add_argument("--trials", type=_positive_int, help="number of finished trials to reach (default 8)")
+    p.add_argument("--concurrent", type=_positive_int, help="max concurrent trials (default 2)")
+    p.add_argument("--cpus-per-trial", type=_finite_float)
+    p.add_argument("--gpus-per-trial", type=_finite_float, help="fractions share a GPU")
+    p.add_argument("--sampler", help="tpe (default), random, qmc, nsga2")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--objective", help="reward (default) or multi (maximize A, minimize S and P)")
+    p.add_argument("--reward", help="paper (default), constrained, accuracy")
+    p.add_argument("--w", type=_finite_float, help="step-time exponent of the paper reward (default -0.07)")
+    p.add_argument("--v", type=_finite_float, help="params exponent of the paper reward (default -0.05)")
+    p.add_argument("--pruner", help="none (default) or asha (successive halving on per-epoch accuracy)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--image-size", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--timing-image-size", type=_positive_int)
+    p.add_argument("--timing-batch-size", type=_positive_int)
+    p.add_argument("--timing-steps", type=_positive_int)
+    p.add_argument("--storage", help="Optuna RDB URL (default sqlite in the run directory; postgresql://... for a team)")
+    p.add_argument("--address", help="join a Ray cluster (HOST:PORT of `ray start --head`, or auto)")
+    p.add_argument("--ray-tmpdir", help="Ray's temp directory")
+    p.add_argument("--ray-dashboard", action="store_true", help="start Ray's own dashboard (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
 
     _add_later_commands(sub)
     return parser

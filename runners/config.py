@@ -1,0 +1,170 @@
+"""Sweep configuration: a config file (YAML / TOML / JSON) with flags on top, resolved into one frozen object.
+
+    >>> cfg = resolve_config(None, {"name": "demo", "n_trials": 4})
+    >>> cfg.n_trials, cfg.train.epochs
+    (4, 3)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from nas.errors import InputError
+from nas.io import load_config_file
+from nas.timing import TimingConfig
+from nas.train import TrainConfig
+from rewards import REWARD_OPTIONS, RewardError, get_reward
+from search_spaces import SAMPLERS
+
+OBJECTIVES = ("reward", "multi")
+PRUNERS = ("none", "asha")
+
+# the embedded default: finishes on a 2-core CPU in a few minutes (README quickstart)
+DEFAULT_TRAIN = TrainConfig(epochs=3, image_size=32, batch_size=64)
+DEFAULT_TIMING = TimingConfig(batch_size=16, image_size=64, warmup=2, steps=5)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs; stored resolved in the run directory as ``config.json``."""
+
+    name: str = "default"
+    runs_dir: str = "runs"
+    data: str = "digits"
+    backbone: str = "efficientnetv2-b0"
+    space: dict[str, Any] = field(default_factory=dict)
+    n_trials: int = 8
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    sampler: str = "tpe"
+    seed: int = 0
+    objective: str = "reward"
+    reward: dict[str, Any] = field(default_factory=lambda: {"name": "paper", "w": -0.07, "v": -0.05})
+    pruner: str = "none"
+    storage: str | None = None
+    address: str | None = None
+    ray_tmpdir: str | None = None
+    ray_dashboard: bool = False
+    quiet: bool = False
+    train: TrainConfig = DEFAULT_TRAIN
+    timing: TimingConfig = DEFAULT_TIMING
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", self.name):
+            raise InputError(f"name: {self.name!r} is not allowed, allowed letters, digits, '_', '.', '-'")
+        for key, low in (("n_trials", 1), ("max_concurrent", 1)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InputError(f"{key}: {value!r} is not allowed, allowed an integer >= {low}")
+        if not isinstance(self.cpus_per_trial, (int, float)) or self.cpus_per_trial <= 0:
+            raise InputError(f"cpus_per_trial: {self.cpus_per_trial!r} is not allowed, allowed a number > 0")
+        if not isinstance(self.gpus_per_trial, (int, float)) or not 0 <= self.gpus_per_trial <= 8:
+            raise InputError(f"gpus_per_trial: {self.gpus_per_trial!r} is not allowed, allowed a number in [0, 8] (fractions share a GPU)")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"sampler: {self.sampler!r} is not allowed, allowed {', '.join(SAMPLERS)}")
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"objective: {self.objective!r} is not allowed, allowed {', '.join(OBJECTIVES)}")
+        if self.pruner not in PRUNERS:
+            raise InputError(f"pruner: {self.pruner!r} is not allowed, allowed {', '.join(PRUNERS)}")
+        if not isinstance(self.reward, dict) or "name" not in self.reward:
+            raise InputError("reward: expected a mapping with a 'name' (paper, constrained, accuracy) and its options")
+        try:
+            get_reward(self.reward["name"], **{k: v for k, v in self.reward.items() if k != "name"})
+        except RewardError as error:
+            raise InputError(str(error)) from None
+        if self.storage is not None:
+            check_storage_url(self.storage)
+        if self.address is not None and self.address != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", self.address):
+            raise InputError(f"address: {self.address!r} is not allowed, allowed HOST:PORT, ray://HOST:PORT or auto")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
+
+    def reward_function(self):
+        return get_reward(self.reward["name"], **{k: v for k, v in self.reward.items() if k != "name"})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return data
+
+
+def check_storage_url(url: str) -> None:
+    """Reject what cannot be an Optuna RDB URL (``sqlite:///``, ``postgresql://``, ``mysql://``)."""
+    if not isinstance(url, str) or not re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", url):
+        raise InputError(f"storage: {url!r} is not an RDB URL, allowed sqlite:///PATH, postgresql://..., mysql://...")
+    if url.startswith("sqlite") and not url.startswith("sqlite:///"):
+        raise InputError(f"storage: {url!r} is not allowed, allowed sqlite:///PATH (three slashes)")
+
+
+_TOP = {f.name for f in fields(SweepConfig)}
+
+
+def _sub(kind: type, name: str, base: Any, raw: Any) -> Any:
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise InputError(f"{name}: expected a mapping")
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"{name}: unknown key(s) {', '.join(unknown)}, allowed {', '.join(sorted(known))}")
+    try:
+        return kind(**{**asdict(base), **raw})
+    except TypeError as error:
+        raise InputError(f"{name}: {error}") from None
+    except InputError as error:
+        raise InputError(f"{name}.{error}") from None
+
+
+def resolve_config(path: str | None, overrides: dict[str, Any]) -> SweepConfig:
+    """Config file values, then non-None ``overrides`` (flags) on top; unknown keys are errors."""
+    data: dict[str, Any] = load_config_file(path, "sweep config") if path else {}
+    unknown = sorted(set(data) - _TOP)
+    if unknown:
+        raise InputError(f"sweep config: unknown key(s) {', '.join(unknown)}, allowed {', '.join(sorted(_TOP))}")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("train", "timing", "reward"):
+            data[key] = {**(data.get(key) or {}), **value}
+        else:
+            data[key] = value
+    data["train"] = _sub(TrainConfig, "train", DEFAULT_TRAIN, data.get("train"))
+    data["timing"] = _sub(TimingConfig, "timing", DEFAULT_TIMING, data.get("timing"))
+    if "reward" in data:
+        reward = data["reward"]
+        if isinstance(reward, str):
+            reward = {"name": reward}
+        if not isinstance(reward, dict):
+            raise InputError("reward: expected a name or a mapping")
+        name = reward.get("name", "paper")
+        defaults = {"paper": {"w": -0.07, "v": -0.05}}.get(name, {})
+        allowed = set(REWARD_OPTIONS.get(name, ())) | {"name"}
+        data["reward"] = {"name": name, **defaults, **{k: v for k, v in reward.items() if k in allowed or name not in REWARD_OPTIONS}}
+        extra = sorted(set(reward) - allowed) if name in REWARD_OPTIONS else []
+        if extra:
+            raise InputError(f"reward {name}: unknown option(s) {', '.join(extra)}, allowed {', '.join(sorted(allowed - {'name'})) or 'none'}")
+    space = data.get("space")
+    if space is not None and not isinstance(space, dict):
+        raise InputError("space: expected a mapping (see `nas space --config`)")
+    try:
+        return SweepConfig(**data)
+    except TypeError as error:
+        raise InputError(f"sweep config: {error}") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> SweepConfig:
+    """Rebuild a config stored in a run directory."""
+    data = dict(data)
+    data["train"] = TrainConfig(**data["train"])
+    data["timing"] = TimingConfig(**data["timing"])
+    return SweepConfig(**data)

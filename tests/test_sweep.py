@@ -1,0 +1,156 @@
+"""End-to-end sweeps with real Ray, real Optuna (SQLite) and real training on digits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from nas.model import build
+from runners.study import open_run, trial_spec
+from tests.conftest import ROOT, assert_one_line_error, run_nas
+
+pytestmark = pytest.mark.slow
+FAST = ["--epochs", "2", "--image-size", "16", "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3"]
+Complete = optuna.trial.TrialState.COMPLETE
+
+
+def test_sweep_six_trials_two_concurrent(tmp_path):
+    result = run_nas("search", "--name", "e2e", "--runs-dir", tmp_path, "--trials", "6", "--concurrent", "2", "--sampler", "random",
+                     *FAST, "--json")
+    assert result.code == 0, result.err
+    summary = result.json()
+    assert summary["complete"] == 6 and summary["failed"] == 0
+    assert "done" in result.err and "best reward" in result.err  # progress on stderr
+    run = open_run(tmp_path / "e2e")
+    finished = run.finished()
+    assert len(finished) == 6
+    for trial in finished:
+        for key in ("accuracy", "step_time_ms", "normalized_step_time", "params", "normalized_params", "reward", "spec",
+                    "spec_key", "curve", "device", "seed", "peak_memory_mb"):
+            assert key in trial.user_attrs, key
+        assert trial.value == pytest.approx(trial.user_attrs["reward"])
+    best = max(finished, key=lambda t: t.value)
+    assert summary["best_trial"] == best.number
+    model = build(trial_spec(best))
+    assert sum(p.numel() for p in model.parameters()) == best.user_attrs["params"]
+    assert len({t.user_attrs["seed"] for t in finished}) == 6
+
+
+def test_failing_evaluation_is_stored_fail_and_sweep_completes(tmp_path):
+    # batch 1 at 16x16 leaves one value per BN channel: BatchNorm raises inside every evaluation
+    result = run_nas("search", "--name", "bad", "--runs-dir", tmp_path, "--trials", "2", "--epochs", "1", "--image-size", "16",
+                     "--timing-image-size", "16", "--timing-batch-size", "1", "--timing-steps", "3", "--json")
+    assert result.code == 1  # nothing completed: a runtime failure, but the sweep ran to its end
+    summary = result.json()
+    assert summary["failed"] == 2
+    trials = open_run(tmp_path / "bad").study.trials
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    assert all("Expected more than 1 value per channel" in t.user_attrs["failure_reason"] for t in trials)
+
+
+def test_resume_after_sigkill(tmp_path):
+    args = [sys.executable, "-m", "nas.cli", "search", "--name", "resume", "--runs-dir", str(tmp_path), "--trials", "5",
+            "--concurrent", "1", "--sampler", "random", "--quiet", *FAST]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = tmp_path / "resume" / "study.db"
+    deadline = time.monotonic() + 240
+    before = {}
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if db.exists():
+                try:
+                    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
+                except Exception:
+                    continue
+                done = [t for t in study.trials if t.state == Complete]
+                running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+                if len(done) >= 2 and running:
+                    before = {t.number: t.user_attrs["finished_at"] for t in done}
+                    break
+        assert before, "the sweep did not reach 2 finished trials in time"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only
+        proc.wait()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # then Ray's leftovers, so they do not load the machine
+        except ProcessLookupError:
+            pass
+    result = run_nas(*args[3:], "--json")
+    assert result.code == 0, result.err
+    run = open_run(tmp_path / "resume")
+    trials = run.study.trials
+    complete = [t for t in trials if t.state == Complete]
+    assert len(complete) == 5
+    for number, finished_at in before.items():  # kept, not re-run
+        assert run.trial(number).state == Complete and run.trial(number).user_attrs["finished_at"] == finished_at
+    interrupted = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert interrupted and all("interrupted" in t.user_attrs["failure_reason"] for t in interrupted)
+    retried = [t for t in complete if "retry_of" in t.user_attrs]
+    assert {t.user_attrs["retry_of"] for t in retried} == {t.number for t in interrupted}
+    assert result.json()["trials_this_run"] == 5 - len(before)
+
+
+def test_two_node_cluster(tmp_path):
+    script = f"""
+import json, os, sys
+os.environ["RAY_AUTH_MODE"] = "disabled"
+from ray.cluster_utils import Cluster
+from runners.config import resolve_config
+from runners.sweep import run_sweep
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+config = resolve_config(None, {{"name": "cluster", "runs_dir": {str(tmp_path)!r}, "n_trials": 4, "max_concurrent": 2,
+    "sampler": "random", "address": cluster.address, "quiet": True,
+    "train": {{"epochs": 1, "image_size": 16}}, "timing": {{"image_size": 32, "batch_size": 8, "steps": 3}}}})
+summary = run_sweep(config)
+import ray; ray.shutdown(); cluster.shutdown()
+print(json.dumps(summary))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = open_run(tmp_path / "cluster")
+    nodes = {t.user_attrs["ray_node_id"] for t in run.finished()}
+    assert len(run.finished()) == 4 and len(nodes) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--storage", "mongodb://x"], "storage"),
+        (["--data", "/no/such/data"], "/no/such/data"),
+        (["--sampler", "annealing"], "sampler"),
+        (["--reward", "speed"], "speed"),
+    ],
+)
+def test_bad_flags(tmp_path, extra, needle):
+    assert_one_line_error(run_nas("search", "--runs-dir", tmp_path, *extra), needle)
+
+
+def test_bad_config_key_and_unreachable_address(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("n_trials: 2\ncolour: blue\n")
+    assert_one_line_error(run_nas("search", "--config", cfg, "--runs-dir", tmp_path), "colour")
+    cfg.write_text("n_trials: 2\ntrain:\n  epochs: 1\n  wings: 2\n")
+    assert_one_line_error(run_nas("search", "--config", cfg, "--runs-dir", tmp_path), "wings")
+    begin = time.monotonic()
+    assert_one_line_error(run_nas("search", "--runs-dir", tmp_path, "--address", "192.0.2.1:6379"), "192.0.2.1:6379")
+    assert time.monotonic() - begin < 30
+
+
+def test_config_file_toml(tmp_path):
+    from runners.config import resolve_config
+
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text('name = "t"\nn_trials = 3\n[train]\nepochs = 1\n[reward]\nname = "paper"\nw = -0.1\n')
+    config = resolve_config(str(cfg), {"n_trials": 5})
+    assert config.n_trials == 5 and config.train.epochs == 1 and config.reward == {"name": "paper", "w": -0.1, "v": -0.05}
+    assert json.loads(json.dumps(config.to_dict()))["train"]["epochs"] == 1
