@@ -179,6 +179,35 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0 if summary["complete"] or summary["pruned"] else 1  # nothing finished: a runtime failure
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from runners.results import rescore
+    from runners.study import open_run
+
+    run = open_run(args.run_dir)
+    options = {"w": args.w, "v": args.v, "target": args.target, "alpha": args.alpha, "beta": args.beta}
+    rows = rescore(run, args.reward, **options)
+    top = rows[: args.top]
+    lines = [f"{len(rows)} finished trials re-scored with {args.reward} "
+             + " ".join(f"{k}={v:g}" for k, v in options.items() if v is not None),
+             f"{'rank':>4} {'change':>6} {'trial':>5} {'reward':>8} {'old':>8} {'acc':>6} {'S':>6} {'P':>6}  spec"]
+    for r in top:
+        change = f"{r['rank_change']:+d}" if r["rank_change"] else "="
+        lines.append(f"{r['rank']:>4} {change:>6} {r['number']:>5} {r['reward']:>8.4f} {r['old_reward']:>8.4f} "
+                     f"{r['accuracy']:>6.3f} {r['normalized_step_time']:>6.3f} {r['normalized_params']:>6.3f}  {r['spec_key']}")
+    _emit(args, {"reward": args.reward, "options": {k: v for k, v in options.items() if v is not None}, "trials": top},
+          "\n".join(lines))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from runners.results import export
+    from runners.study import open_run
+
+    paths = export(open_run(args.run_dir), args.trial, args.output, force=args.force)
+    _emit(args, {"written": [str(p) for p in paths]}, "\n".join(f"wrote {p}" for p in paths))
+    return 0
+
+
 def _lazy(module: str, name: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -262,6 +291,26 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("rescore", help="re-rank a finished sweep under another reward, without training")
+    p.add_argument("run_dir")
+    p.add_argument("--reward", default="paper", help="paper (default), constrained, accuracy")
+    p.add_argument("--w", type=_finite_float, help="paper: step-time exponent")
+    p.add_argument("--v", type=_finite_float, help="paper: params exponent")
+    p.add_argument("--target", type=_finite_float, help="constrained: target normalized step time")
+    p.add_argument("--alpha", type=_finite_float, help="constrained: exponent when the target is met")
+    p.add_argument("--beta", type=_finite_float, help="constrained: exponent when it is not")
+    p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rescore)
+
+    p = sub.add_parser("export", help="write the spec JSON of a trial with provenance")
+    p.add_argument("run_dir")
+    p.add_argument("--trial", default="best", help="best (default), pareto (writes a directory), or a trial number")
+    p.add_argument("-o", "--output", required=True, help="arch.json (a directory with --trial pareto)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     _add_later_commands(sub)
     return parser

@@ -48,3 +48,14 @@ def assert_one_line_error(result: Result, *needles: str) -> None:
 @pytest.fixture
 def nas_cli():
     return run_nas
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory) -> Path:
+    """A small real sweep on digits (5 trials, 1 epoch), shared by the read-only tests."""
+    runs = tmp_path_factory.mktemp("runs")
+    result = run_nas("search", "--name", "shared", "--runs-dir", runs, "--trials", "5", "--concurrent", "2", "--sampler", "random",
+                     "--seed", "3", "--epochs", "1", "--image-size", "16", "--timing-image-size", "32", "--timing-batch-size", "8",
+                     "--timing-steps", "3", "--quiet")
+    assert result.code == 0, result.err
+    return runs / "shared"

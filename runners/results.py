@@ -1,0 +1,110 @@
+"""Working with a finished sweep without training: re-scoring, the Pareto front, exporting specs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import nas
+from nas.errors import InputError
+from nas.io import atomic_write_json
+from rewards import RewardError, get_reward, pareto_front
+from runners.study import Run, raw_metrics, trial_spec
+
+
+def _scored(run: Run) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in run.finished() if "reward" in t.user_attrs and "normalized_step_time" in t.user_attrs]
+
+
+def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any]]:
+    """Re-rank the finished trials under another reward from their stored raw metrics (no training).
+
+    Returns one row per trial, best first: number, old/new reward, old/new rank, spec key.
+    """
+    try:
+        reward = get_reward(name, **options)
+    except RewardError as error:
+        raise InputError(str(error)) from None
+    trials = _scored(run)
+    # ties broken by trial number, so equal rewards keep a stable order
+    old_order = sorted(trials, key=lambda t: (-t.user_attrs["reward"], t.number))
+    old_rank = {t.number: i for i, t in enumerate(old_order, 1)}
+    new_value = {t.number: reward(t.user_attrs["accuracy"], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"])
+                 for t in trials}
+    new_order = sorted(trials, key=lambda t: (-new_value[t.number], t.number))
+    return [
+        {"rank": i, "number": t.number, "old_rank": old_rank[t.number], "rank_change": old_rank[t.number] - i,
+         "reward": new_value[t.number], "old_reward": t.user_attrs["reward"], **raw_metrics(t), "spec_key": t.user_attrs.get("spec_key")}
+        for i, t in enumerate(new_order, 1)
+    ]
+
+
+def pareto_trials(run: Run) -> list[optuna.trial.FrozenTrial]:
+    """Finished trials on the Pareto front of (max accuracy, min step time, min params)."""
+    trials = _scored(run)
+    points = [(t.user_attrs["accuracy"], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"]) for t in trials]
+    return [trials[i] for i in pareto_front(points, ["maximize", "minimize", "minimize"])]
+
+
+def best_trial(run: Run) -> optuna.trial.FrozenTrial:
+    trials = _scored(run)
+    if not trials:
+        raise InputError(f"trial: {run.path} has no finished trial yet")
+    return max(trials, key=lambda t: (t.user_attrs["reward"], -t.number))
+
+
+def pick_trials(run: Run, which: str) -> list[optuna.trial.FrozenTrial]:
+    """``best``, ``pareto`` or a trial number; a failed, pruned or missing trial is an InputError."""
+    if which == "best":
+        return [best_trial(run)]
+    if which == "pareto":
+        front = pareto_trials(run)
+        if not front:
+            raise InputError(f"trial: {run.path} has no finished trial yet")
+        return front
+    try:
+        number = int(which)
+    except ValueError:
+        raise InputError(f"--trial: {which!r} is not allowed, allowed best, pareto or a trial number") from None
+    trial = run.trial(number)
+    if trial.state != optuna.trial.TrialState.COMPLETE or "spec" not in trial.user_attrs:
+        reason = trial.user_attrs.get("failure_reason")
+        raise InputError(f"trial {number}: it is {trial.state.name}{f' ({reason})' if reason else ''}; only finished trials export")
+    return [trial]
+
+
+def provenance(run: Run, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    a = trial.user_attrs
+    return {
+        "study": run.config.name, "storage": run.config.storage_url, "run_dir": str(run.path), "trial": trial.number,
+        "accuracy": a.get("accuracy"), "normalized_step_time": a.get("normalized_step_time"), "step_time_ms": a.get("step_time_ms"),
+        "reference_step_time_ms": a.get("reference_step_time_ms"), "params": a.get("params"),
+        "normalized_params": a.get("normalized_params"), "reward": a.get("reward"), "reward_config": run.config.reward,
+        "objective": run.config.objective, "data": a.get("data", run.config.data), "backbone": run.config.backbone,
+        "device": a.get("device"), "host": a.get("host"), "torch_version": a.get("torch_version"), "optuna_version": optuna.__version__,
+        "nas_version": nas.__version__, "trained_at": a.get("finished_at"), "train_config": a.get("train_config"),
+        "timing_config": a.get("timing_config"), "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def export(run: Run, which: str, output: str | Path, force: bool = False) -> list[Path]:
+    """Write ``{"spec": ..., "provenance": ...}`` for the chosen trial(s); ``pareto`` writes a directory."""
+    trials = pick_trials(run, which)
+    output = Path(output)
+    if which == "pareto":
+        if output.exists() and not output.is_dir():
+            raise InputError(f"-o: {output} exists and is not a directory (pareto exports one file per trial)")
+        targets = [output / f"trial-{t.number}.json" for t in trials]
+    else:
+        targets = [output]
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        raise InputError(f"-o: {existing[0]} exists; pass --force to overwrite")
+    for trial, target in zip(trials, targets):
+        spec = replace(trial_spec(trial), name=f"{run.config.name}-trial{trial.number}")
+        atomic_write_json(target, {"spec": spec.to_dict(), "provenance": provenance(run, trial)})
+    return targets
