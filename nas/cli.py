@@ -208,6 +208,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from runners.dashboard import serve
+
+    serve(args.run_dir, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from runners.report import write_report
+    from runners.study import open_run
+
+    run = open_run(args.run_dir)
+    path = write_report(run, args.output or run.path / "report.html")
+    _emit(args, {"report": str(path)}, f"wrote {path}")
+    return 0
+
+
 def _lazy(module: str, name: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -311,6 +328,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("dashboard", help="serve the sweep in optuna-dashboard with NAS notes")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     _add_later_commands(sub)
     return parser

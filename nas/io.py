@@ -51,6 +51,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool =
         raise FileExistsError(f"{path} exists; pass --force to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file should read like any other
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

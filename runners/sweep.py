@@ -223,7 +223,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                 seed = trial_seed(config.seed, trial.number)
                 trial.set_user_attr("spec_key", spec.key())
                 trial.set_user_attr("seed", seed)
-                if _reuse_duplicate(study, trial, spec, multi):
+                if _reuse_duplicate(study, trial, spec, multi, config):
                     finished += 1
                     new_done += 1
                     continue
@@ -240,7 +240,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                     record = ray.get(ref)
                 except Exception as error:  # a worker that died (OOM-killed, node lost)
                     record = {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
-                _tell(study, trial, record, reward, multi)
+                _tell(study, trial, record, reward, multi, config)
                 new_done += 1
                 counts = _counts(study)
                 progress.update(counts["complete"] + counts["pruned"] + counts["failed"], len(in_flight), counts["failed"],
@@ -259,6 +259,16 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     return summary
 
 
+def _annotate(study: optuna.Study, trial: optuna.Trial, config: SweepConfig) -> None:
+    """Dashboard note and spec artifact for a trial about to complete; never breaks the sweep."""
+    try:
+        from runners.dashboard import annotate_trial
+
+        annotate_trial(study, trial, config.run_dir, config.reward)
+    except Exception as error:
+        print(f"warning: dashboard note for trial {trial.number} not written: {error}", file=sys.stderr)
+
+
 def _study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
 
@@ -269,7 +279,7 @@ def _values(record: dict[str, Any], reward_value: float, multi: bool) -> list[fl
     return [reward_value]
 
 
-def _reuse_duplicate(study: optuna.Study, trial: optuna.Trial, spec: NetworkSpec, multi: bool) -> bool:
+def _reuse_duplicate(study: optuna.Study, trial: optuna.Trial, spec: NetworkSpec, multi: bool, config: SweepConfig) -> bool:
     """Answer ``trial`` from a finished trial with the same architecture, without training."""
     key = spec.key()
     for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -278,12 +288,13 @@ def _reuse_duplicate(study: optuna.Study, trial: optuna.Trial, spec: NetworkSpec
                 if name not in ("seed", "reused_from", "retry_of"):
                     trial.set_user_attr(name, value)
             trial.set_user_attr("reused_from", done.number)
+            _annotate(study, trial, config)
             study.tell(trial, done.values if multi else done.value)
             return True
     return False
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any], reward, multi: bool) -> None:
+def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any], reward, multi: bool, config: SweepConfig) -> None:
     status = record.get("status", "failed")
     if status == "ok":
         try:
@@ -294,6 +305,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any], rewa
         if name != "traceback":
             trial.set_user_attr(name, json.loads(json.dumps(value, default=str)))
     if status == "ok":
+        _annotate(study, trial, config)
         study.tell(trial, _values(record, record["reward"], multi))
     elif status == "pruned":
         study.tell(trial, state=TrialState.PRUNED)

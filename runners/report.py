@@ -1,0 +1,138 @@
+"""``nas report``: one self-contained HTML file (plots inline as PNG, no network) for sharing a sweep."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+from collections import Counter
+from pathlib import Path
+
+import optuna
+
+from nas.io import atomic_write_text
+from runners.results import pareto_trials
+from runners.study import Run
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td.key{text-align:left;font-family:monospace;font-size:11px}img{max-width:100%}"""
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(figure, alt: str) -> str:
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(figure)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def reward_plot(trials: list[optuna.trial.FrozenTrial]):
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    numbers = [t.number for t in trials]
+    rewards = [t.user_attrs["reward"] for t in trials]
+    best, running = [], float("-inf")
+    for r in rewards:
+        running = max(running, r)
+        best.append(running)
+    axis.scatter(numbers, rewards, s=18, label="trial reward")
+    axis.step(numbers, best, where="post", color="C3", label="best so far")
+    axis.set(xlabel="trial", ylabel="reward", title="Reward over trials")
+    axis.legend()
+    return figure
+
+
+def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial.FrozenTrial]):
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    s = [t.user_attrs["normalized_step_time"] for t in trials]
+    a = [t.user_attrs["accuracy"] for t in trials]
+    p = [t.user_attrs["normalized_params"] for t in trials]
+    points = axis.scatter(s, a, c=p, s=[30 + 40 * x for x in p], cmap="viridis", alpha=0.8)
+    figure.colorbar(points, label="P (params / backbone)")
+    ordered = sorted(front, key=lambda t: t.user_attrs["normalized_step_time"])
+    axis.plot([t.user_attrs["normalized_step_time"] for t in ordered], [t.user_attrs["accuracy"] for t in ordered], "r--",
+              label="Pareto front (A, S, P)")
+    for t in front:
+        axis.annotate(str(t.number), (t.user_attrs["normalized_step_time"], t.user_attrs["accuracy"]), fontsize=8)
+    axis.set(xlabel="S (training step time / backbone)", ylabel="A (validation accuracy)", title="Accuracy vs training step time")
+    axis.legend()
+    return figure
+
+
+def choice_plot(trials: list[optuna.trial.FrozenTrial], top: list[optuna.trial.FrozenTrial], stages: int):
+    """Share of each choice per stage among the top 10% against all trials."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(3, stages, figsize=(2.2 * stages, 6.5), squeeze=False)
+    for row, (what, name) in enumerate((("op", "operator"), ("kernel", "kernel"), ("expansion", "expansion"))):
+        for column in range(stages):
+            key = f"stage{column + 1}.{what}"
+            axis = axes[row][column]
+            values = sorted({t.params[key] for t in trials if key in t.params}, key=str)
+            every = Counter(t.params.get(key) for t in trials)
+            best = Counter(t.params.get(key) for t in top)
+            xs = range(len(values))
+            axis.bar([x - 0.2 for x in xs], [every[v] / max(1, len(trials)) for v in values], 0.4, label="all")
+            axis.bar([x + 0.2 for x in xs], [best[v] / max(1, len(top)) for v in values], 0.4, label="top 10%")
+            axis.set_xticks(list(xs), [str(v).replace("fused_mbconv", "fused") for v in values], fontsize=7)
+            axis.set_ylim(0, 1)
+            if column == 0:
+                axis.set_ylabel(name)
+            if row == 0:
+                axis.set_title(f"stage {column + 1}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle("How often each choice was made: top 10% vs all trials")
+    figure.tight_layout()
+    return figure
+
+
+def top_table(trials: list[optuna.trial.FrozenTrial]) -> str:
+    head = "<tr><th>rank</th><th>trial</th><th>reward</th><th>A</th><th>S</th><th>step ms</th><th>P</th><th>params</th><th>spec</th></tr>"
+    rows = []
+    for rank, t in enumerate(sorted(trials, key=lambda t: -t.user_attrs["reward"])[:10], 1):
+        a = t.user_attrs
+        rows.append(f"<tr><td>{rank}</td><td>{t.number}</td><td>{a['reward']:.4f}</td><td>{a['accuracy']:.4f}</td>"
+                    f"<td>{a['normalized_step_time']:.3f}</td><td>{a['step_time_ms']:.1f}</td><td>{a['normalized_params']:.3f}</td>"
+                    f"<td>{a['params']:,}</td><td class='key'>{html.escape(a.get('spec_key', ''))}</td></tr>")
+    return f"<table id='top10'>{head}{''.join(rows)}</table>"
+
+
+def write_report(run: Run, output: str | Path) -> Path:
+    """Render the report of ``run`` to ``output`` (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    trials = sorted((t for t in run.finished() if "reward" in t.user_attrs and "normalized_step_time" in t.user_attrs),
+                    key=lambda t: t.number)
+    states = Counter(t.state.name for t in run.study.get_trials(deepcopy=False))
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    config = run.config
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>NAS sweep {html.escape(config.name)}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>NAS sweep <code>{html.escape(config.name)}</code></h1>",
+             f"<p>{summary}. Data <b>{html.escape(config.data)}</b>, backbone <b>{html.escape(config.backbone)}</b>, "
+             f"reward <b>{html.escape(str(config.reward))}</b>, sampler {config.sampler}, "
+             f"{config.train.epochs} epochs at {config.train.image_size}px; step time at {config.timing.image_size}px, "
+             f"batch {config.timing.batch_size}. Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>"]
+    if not trials:
+        parts.append("<p>No finished trial yet.</p>")
+    else:
+        front = pareto_trials(run)
+        top = sorted(trials, key=lambda t: -t.user_attrs["reward"])[: max(1, len(trials) // 10)]
+        stages = len(trials[0].user_attrs["spec"]["stages"])
+        parts += ["<h2>Reward</h2>", _img(reward_plot(trials), "reward over trials with the best-so-far line"),
+                  "<h2>Pareto front</h2>", _img(pareto_plot(trials, front), "Pareto front: accuracy vs step time, params as colour"),
+                  "<h2>Choices per stage</h2>", _img(choice_plot(trials, top, stages), "choices per stage: top 10% vs all"),
+                  "<h2>Top 10</h2>", top_table(trials)]
+    parts.append("</body></html>")
+    return atomic_write_text(output, "\n".join(parts))
