@@ -59,11 +59,17 @@ def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial
     p = [t.user_attrs["normalized_params"] for t in trials]
     points = axis.scatter(s, a, c=p, s=[30 + 40 * x for x in p], cmap="viridis", alpha=0.8)
     figure.colorbar(points, label="P (params / backbone)")
-    ordered = sorted(front, key=lambda t: t.user_attrs["normalized_step_time"])
-    axis.plot([t.user_attrs["normalized_step_time"] for t in ordered], [t.user_attrs["accuracy"] for t in ordered], "r--",
-              label="Pareto front (A, S, P)")
-    for t in front:
-        axis.annotate(str(t.number), (t.user_attrs["normalized_step_time"], t.user_attrs["accuracy"]), fontsize=8)
+    from rewards import pareto_front
+
+    axis.scatter([t.user_attrs["normalized_step_time"] for t in front], [t.user_attrs["accuracy"] for t in front], s=140,
+                 facecolors="none", edgecolors="red", linewidths=1.5, label="on the (A, S, P) Pareto front")
+    two_d = sorted((trials[i] for i in pareto_front(list(zip(a, s)), ["maximize", "minimize"])),
+                   key=lambda t: t.user_attrs["normalized_step_time"])
+    axis.step([t.user_attrs["normalized_step_time"] for t in two_d], [t.user_attrs["accuracy"] for t in two_d], "r--",
+              where="post", linewidth=1, label="(A, S) front")
+    for t in trials:
+        axis.annotate(str(t.number), (t.user_attrs["normalized_step_time"], t.user_attrs["accuracy"]), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")
     axis.set(xlabel="S (training step time / backbone)", ylabel="A (validation accuracy)", title="Accuracy vs training step time")
     axis.legend()
     return figure
