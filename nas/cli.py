@@ -81,9 +81,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     if args.family:
-        from nas.family import run_family
-
-        return run_family(spec, args)
+        return _scale_family(spec, args)
     if args.width is None or args.depth is None:
         raise InputError("scale: give --width and --depth, or --family")
     if not args.output:
@@ -222,6 +220,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir)
     path = write_report(run, args.output or run.path / "report.html")
     _emit(args, {"report": str(path)}, f"wrote {path}")
+    return 0
+
+
+def _scale_family(spec: Any, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from nas.io import atomic_write_json
+    from nas.model import count_macs, count_spec_params
+    from nas.scaling import MEMBERS, family
+
+    members = tuple(m.strip() for m in args.members.split(",") if m.strip())
+    unknown = [m for m in members if m not in MEMBERS]
+    if unknown or not members:
+        raise InputError(f"--members: unknown member(s) {', '.join(unknown) or '(none)'}, allowed {', '.join(MEMBERS)}")
+    if not args.output:
+        raise InputError("scale --family: -o/--output OUT_DIR is required")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o: {out} exists and is not a directory")
+    specs = family(spec, members)
+    rows, data = [], []
+    for name, member_spec in specs.items():
+        path = out / f"{member_spec.name}.json"
+        atomic_write_json(path, member_spec.to_dict())
+        p = MEMBERS[name].progressive
+        params, macs = count_spec_params(member_spec), count_macs(member_spec, member_spec.eval_image_size)
+        data.append({"member": name, "path": str(path), "params": params, "macs": macs,
+                     "train_image_size": member_spec.train_image_size, "eval_image_size": member_spec.eval_image_size,
+                     "progressive": asdict(p), "spec": member_spec.to_dict()})
+        rows.append(f"{name:>6} {params:>13,} {macs / 1e9:>8.2f} {member_spec.train_image_size:>6} {member_spec.eval_image_size:>5}  "
+                    f"{p.min_image_size}->{p.max_image_size}  RA {p.min_randaugment:g}->{p.max_randaugment:g}  "
+                    f"mixup {p.min_mixup:g}->{p.max_mixup:g}  dropout {p.min_dropout:g}->{p.max_dropout:g}  {path}")
+    header = f"{'member':>6} {'params':>13} {'GMACs':>8} {'train':>6} {'eval':>5}  progressive learning (size, RandAugment, mixup, dropout)"
+    _emit(args, {"base": spec.name, "members": data}, "\n".join([f"family of {spec.name}", header, *rows]))
     return 0
 
 
