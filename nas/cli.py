@@ -258,6 +258,32 @@ def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from nas.data import load_dataset
+    from nas.io import load_spec
+    from nas.progressive import ProgressiveConfig, explicit_config, train_progressive
+
+    spec = load_spec(args.spec)
+    explicit = {
+        "epochs": args.epochs, "stages": args.stages, "min_image_size": args.min_image_size, "max_image_size": args.max_image_size,
+        "eval_image_size": args.eval_image_size, "min_randaugment": args.min_randaugment, "max_randaugment": args.max_randaugment,
+        "min_mixup": args.min_mixup, "max_mixup": args.max_mixup, "min_dropout": args.min_dropout, "max_dropout": args.max_dropout,
+        "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema, "seed": args.seed, "threads": args.threads,
+        "progressive": False if args.fixed else None,
+    }
+    base = ProgressiveConfig.for_member(args.member) if args.member else ProgressiveConfig()
+    config = explicit_config(base, **explicit)
+    data = load_dataset(args.data)
+    out = args.out or f"runs/train-{spec.name}"
+    summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    summary["out"] = out
+    text = (f"{summary['mode']} training of {spec.name} on {summary['data']}: test accuracy {summary['test_accuracy']:.4f} "
+            f"at {summary['eval_image_size']}px, {summary['train_seconds']:.0f} s of training\n"
+            f"wrote {out}/summary.json, {out}/curves.png, {out}/checkpoint.pt")
+    _emit(args, summary, text)
+    return 0
+
+
 def _lazy(module: str, name: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -373,6 +399,29 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train", help="final training with progressive learning (Algorithm 1)")
+    p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--stages", type=int, help="number of progressive stages M (default 4)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--progressive", action="store_true", help="grow image size and regularization per stage (default)")
+    mode.add_argument("--fixed", action="store_true", help="train every epoch at the end values (baseline)")
+    p.add_argument("--member", help="take the start/end values of family member s, m or l")
+    for name in ("min-image-size", "max-image-size", "eval-image-size"):
+        p.add_argument(f"--{name}", type=int)
+    for name in ("min-randaugment", "max-randaugment", "min-mixup", "max-mixup", "min-dropout", "max-dropout"):
+        p.add_argument(f"--{name}", type=_finite_float)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=_finite_float)
+    p.add_argument("--ema", type=_finite_float, help="EMA decay of the weights (e.g. 0.999); off by default")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--out", help="output directory (default runs/train-SPECNAME); an existing checkpoint there is resumed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     _add_later_commands(sub)
     return parser

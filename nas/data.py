@@ -17,6 +17,7 @@ import io
 import lzma
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,29 +325,48 @@ class DeviceData:
     def __init__(self, train_images: torch.Tensor, train_labels: torch.Tensor, val_images: torch.Tensor,
                  val_labels: torch.Tensor, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        self.train_images = train_images.to(self.device)
-        self.train_labels = train_labels.to(self.device)
-        self.val_images = val_images.to(self.device)
-        self.val_labels = val_labels.to(self.device)
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.add_split("train", train_images, train_labels)
+        self.add_split("val", val_images, val_labels)
         rgb = resize_uint8(self.train_images, self.train_images.shape[2]).float() / 255.0  # (N, 3, H, W)
         self.mean = rgb.mean((0, 2, 3)).view(1, 3, 1, 1)
         self.std = rgb.std((0, 2, 3)).clamp_min(1e-3).view(1, 3, 1, 1)
         self._resized: dict[tuple[str, int], torch.Tensor] = {}
+
+    def add_split(self, name: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Hold another split (e.g. ``test``) on the device, normalized with the training statistics."""
+        self.splits[name] = (images.to(self.device), labels.to(self.device))
+
+    @property
+    def train_images(self) -> torch.Tensor:
+        return self.splits["train"][0]
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        return self.splits["train"][1]
+
+    @property
+    def val_labels(self) -> torch.Tensor:
+        return self.splits["val"][1]
 
     def images(self, split: str, size: int) -> torch.Tensor:
         """The split's images at ``size`` as uint8 (N, 3, size, size), resized once and cached."""
         key = (split, size)
         if key not in self._resized:
             self._resized = {k: v for k, v in self._resized.items() if k[0] != split}  # keep one size per split
-            self._resized[key] = resize_uint8(self.train_images if split == "train" else self.val_images, size)
+            self._resized[key] = resize_uint8(self.splits[split][0], size)
         return self._resized[key]
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        return (batch.float() / 255.0 - self.mean) / self.std
+        return ((batch.float() / 255.0 if batch.dtype == torch.uint8 else batch) - self.mean) / self.std
 
     def train_batches(self, batch_size: int, image_size: int, generator: torch.Generator, crop_padding: int | None = None,
-                      flip: bool = True, drop_last: bool = True):
-        """One epoch of shuffled, augmented, normalized float batches ``(B, 3, S, S)`` with labels ``(B,)``."""
+                      flip: bool = True, drop_last: bool = True,
+                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """One epoch of shuffled, augmented, normalized float batches ``(B, 3, S, S)`` with labels ``(B,)``.
+
+        ``augment`` (e.g. RandAugment) gets the float batch in [0, 1] before normalization.
+        """
         images = self.images("train", image_size)
         n = len(images)
         padding = max(1, image_size // 16) if crop_padding is None else crop_padding
@@ -362,12 +382,14 @@ class DeviceData:
                 batch = random_crop(batch, padding, shifts[start : start + batch_size])
             if flip:
                 batch = torch.where(flips[start : start + batch_size].view(-1, 1, 1, 1), batch.flip(3), batch)
+            if augment is not None:
+                batch = augment(batch.float() / 255.0)
             yield self.normalize(batch), self.train_labels[index]
 
-    def eval_batches(self, batch_size: int, image_size: int):
-        images = self.images("val", image_size)
+    def eval_batches(self, batch_size: int, image_size: int, split: str = "val"):
+        images, labels = self.images(split, image_size), self.splits[split][1]
         for start in range(0, len(images), batch_size):
-            yield self.normalize(images[start : start + batch_size]), self.val_labels[start : start + batch_size]
+            yield self.normalize(images[start : start + batch_size]), labels[start : start + batch_size]
 
 
 def random_crop(batch: torch.Tensor, padding: int, shifts: torch.Tensor) -> torch.Tensor:
