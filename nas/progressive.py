@@ -29,7 +29,7 @@ from nas.io import atomic_write_json
 from nas.model import build
 from nas.scaling import MEMBERS
 from nas.spec import NetworkSpec
-from nas.train import OPTIMIZERS, autocast, evaluate, make_optimizer, pick_device, seed_everything, warmup_cosine
+from nas.train import autocast, evaluate, make_optimizer, pick_device, seed_everything, validate_optimization, warmup_cosine
 
 MAX_MAGNITUDE = 30.0  # kornia's RandAugment takes 0 < m < 30; 0 here means "off"
 
@@ -81,8 +81,7 @@ class ProgressiveConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= high:
                 raise InputError(f"{name}: {value!r} is not allowed, allowed [0, {high:g}]")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer: {self.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
+        validate_optimization(self)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise InputError(f"ema_decay: {self.ema_decay!r} is not allowed, allowed (0, 1)")
         if self.eval_image_size is not None and self.eval_image_size < 8:

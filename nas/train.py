@@ -58,15 +58,20 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InputError(f"{name}: {value!r} is not allowed, allowed an integer >= {low}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer: {self.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
-        for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
-                                ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-                raise InputError(f"{name}: {value!r} is not allowed, allowed a number in [{low}, {high}]")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise InputError(f"threads: {self.threads!r} is not allowed, allowed an integer >= 1 or null")
+        validate_optimization(self)
+
+
+def validate_optimization(config: Any) -> None:
+    """Checks shared by the proxy (:class:`TrainConfig`) and final (``ProgressiveConfig``) training settings."""
+    if config.optimizer not in OPTIMIZERS:
+        raise InputError(f"optimizer: {config.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
+    for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
+                            ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+            raise InputError(f"{name}: {value!r} is not allowed, allowed a number in [{low}, {high}]")
+    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
+        raise InputError(f"threads: {config.threads!r} is not allowed, allowed an integer >= 1 or null")
 
 
 @dataclass
@@ -194,9 +199,11 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
                 scheduler.step()
                 loss_sum += float(loss.detach()) * len(y)
                 seen += len(y)
+            train_seconds = time.perf_counter() - epoch_begin
             accuracy, val_loss = evaluate(model, data.eval_batches(config.eval_batch_size, config.image_size), device)
             metrics = {"epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss, "train_loss": loss_sum / max(1, seen),
-                       "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - epoch_begin}
+                       "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - epoch_begin,
+                       "train_seconds": train_seconds, "images": seen}
             result.curve.append(metrics)
             result.accuracy, result.val_loss, result.epochs_run = accuracy, val_loss, epoch
             result.images_seen += seen

@@ -27,21 +27,20 @@ from nas.spec import NetworkSpec
 from nas.timing import DeviceLock, ReferenceCache, TimingConfig, device_name, measure_step_time
 from nas.train import EpochCallback, TrainConfig, pick_device, train_proxy
 
-_DATA_CACHE: dict[tuple[str, str, float], DeviceData] = {}
+_DATA_CACHE: dict[tuple[str, str, float], tuple[DeviceData, int]] = {}
 
 
 def device_data(data: str | Dataset, config: TrainConfig, device: torch.device) -> tuple[DeviceData, int, str]:
     """The data set on ``device`` with its validation split; cached per process (Ray reuses workers)."""
     name = data if isinstance(data, str) else data.name
     key = (name, str(device), config.validation_fraction)
-    dataset = None
     if key not in _DATA_CACHE:
         dataset = load_dataset(data) if isinstance(data, str) else data
         _DATA_CACHE.clear()  # one data set per worker is enough; frees device memory
-        _DATA_CACHE[key] = DeviceData(*dataset.split_validation(config.validation_fraction, seed=0), device=device)
-        _DATA_CACHE[key].num_classes = dataset.num_classes  # type: ignore[attr-defined]
-    cached = _DATA_CACHE[key]
-    return cached, cached.num_classes, name  # type: ignore[attr-defined]
+        split = dataset.split_validation(config.validation_fraction, seed=0)
+        _DATA_CACHE[key] = (DeviceData(*split, device=device), dataset.num_classes)
+    cached, num_classes = _DATA_CACHE[key]
+    return cached, num_classes, name
 
 
 def peak_memory_mb(device: torch.device) -> float:
