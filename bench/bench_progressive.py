@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas.data import Dataset, load_dataset  # noqa: E402
+from nas.io import load_spec  # noqa: E402
 from nas.progressive import ProgressiveConfig, train_progressive  # noqa: E402
-from nas.scaling import scale  # noqa: E402
-from nas.zoo import get  # noqa: E402
+from nas.spec import NetworkSpec  # noqa: E402
 
 
 def main() -> None:
@@ -31,11 +31,12 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10/cifar-10-batches-py")
     parser.add_argument("--train-subset", type=int, default=10000)
     parser.add_argument("--test-subset", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--spec", default=None, help="registry name or spec JSON (default: a small all-Fused-MBConv net)")
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--min-size", type=int, default=24)
-    parser.add_argument("--max-size", type=int, default=48)
+    parser.add_argument("--min-size", type=int, default=16)
+    parser.add_argument("--max-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None)
@@ -44,7 +45,11 @@ def main() -> None:
     full = load_dataset(args.data)
     data = Dataset(full.name, full.train_images[: args.train_subset], full.train_labels[: args.train_subset],
                    full.test_images[: args.test_subset], full.test_labels[: args.test_subset], full.num_classes, full.class_names)
-    spec = scale(get("efficientnetv2-b0"), 0.5, 0.5, name="v2-b0-half")
+    # the default is all Fused-MBConv: on CPU, depthwise-conv backward at 1-2 px costs the same at any
+    # input size (bench/RESULTS.md), which would hide what image size does to training time
+    spec = load_spec(args.spec) if args.spec else NetworkSpec.from_block_strings(
+        "fused-small", 24, ["r1_k3_s1_e1_i24_o24_c1", "r2_k3_s2_e4_i24_o48_c1", "r2_k3_s2_e4_i48_o64_c1", "r3_k3_s2_e4_i64_o128_c1"],
+        head_channels=512)
     common = dict(epochs=args.epochs, stages=args.stages, min_image_size=args.min_size, max_image_size=args.max_size,
                   eval_image_size=args.max_size, min_randaugment=2, max_randaugment=6, min_mixup=0.0, max_mixup=0.1,
                   min_dropout=0.1, max_dropout=0.2, batch_size=args.batch_size, threads=args.threads)

@@ -38,7 +38,7 @@ from nas.timing import DeviceLock
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
 lock = DeviceLock(sys.argv[1]) if sys.argv[1] != "none" else None
-train_proxy(get("efficientnetv2-b0", 10), load_dataset("digits"), TrainConfig(epochs=50, threads=1),
+train_proxy(get("efficientnetv2-b0", 10), load_dataset("digits"), TrainConfig(epochs=50, threads=int(sys.argv[2])),
             step_guard=lock.shared if lock else None)
 """
 
@@ -49,7 +49,7 @@ def contention(threads: int = 1) -> dict:
     isolated = measure_step_time(spec, timing).median_ms
     out = {"isolated_ms": isolated}
     for mode in ("none", "bench-lock"):
-        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, mode], cwd=ROOT)
+        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, mode, str(threads)], cwd=ROOT)
         time.sleep(8)  # let it load and train
         lock = DeviceLock(mode) if mode != "none" else None
         out[f"concurrent_{'with_lock' if lock else 'no_lock'}_ms"] = measure_step_time(spec, timing, lock=lock).median_ms
@@ -72,13 +72,20 @@ def main() -> None:
         ideal = sum(own) / config.max_concurrent
         result = {"trials": len(trials), "sweep_wall_s": wall, "sum_candidate_s": sum(own), "ideal_s": ideal,
                   "parallel_efficiency": ideal / wall, "overhead_per_trial_s": (wall - ideal) * config.max_concurrent / len(trials),
-                  "summary_wall_s": summary["wall_seconds"]}
+                  "startup_s": summary["startup_seconds"],
+                  "parallel_efficiency_after_startup": ideal / (wall - summary["startup_seconds"])}
     print(f"sweep: {len(trials)} trials in {wall:.1f} s; candidates' own time {sum(own):.1f} s -> ideal {ideal:.1f} s; "
           f"parallel efficiency {result['parallel_efficiency']:.3f}; overhead {result['overhead_per_trial_s']:.2f} s/trial", flush=True)
-    c = contention()
-    print(f"step time isolated {c['isolated_ms']:.1f} ms; next to a training trial: no lock {c['concurrent_no_lock_ms']:.1f} ms "
-          f"(x{c['inflation_no_lock']:.2f}), with the device lock {c['concurrent_with_lock_ms']:.1f} ms (x{c['inflation_with_lock']:.2f})")
-    print(json.dumps({"machine": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__, **result, **c}, indent=1))
+    print(f"  after start-up ({result['startup_s']:.1f} s: data, study, Ray): efficiency {result['parallel_efficiency_after_startup']:.3f}")
+    contention_results = {}
+    for threads in (1, 2):
+        c = contention(threads)
+        contention_results[f"{threads}_threads"] = c
+        print(f"{threads} thread(s) per process: step time isolated {c['isolated_ms']:.1f} ms; next to a training trial: "
+              f"no lock {c['concurrent_no_lock_ms']:.1f} ms (x{c['inflation_no_lock']:.2f}), "
+              f"with the device lock {c['concurrent_with_lock_ms']:.1f} ms (x{c['inflation_with_lock']:.2f})", flush=True)
+    print(json.dumps({"machine": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__, **result,
+                      "contention": contention_results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     started_ray = init_ray(config)
     import ray
 
+    startup_seconds = time.monotonic() - begin  # data, study, Ray start: before the first trial
+
     try:
         dataset_ref = ray.put(dataset)
         remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
@@ -252,7 +254,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     best = _best(study, multi)
     summary = {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **counts,
                "trials_this_run": new_done, "best_reward": best[0] if best else None, "best_spec_key": best[1] if best else None,
-               "wall_seconds": time.monotonic() - begin}
+               "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds}
     if best:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "reward" in t.user_attrs]
         summary["best_trial"] = max(done, key=lambda t: t.user_attrs["reward"]).number
