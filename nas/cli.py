@@ -10,12 +10,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from nas.errors import InputError
-
-Command = Callable[[argparse.Namespace], int]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -284,15 +281,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lazy(module: str, name: str) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return int(getattr(importlib.import_module(module), name)(args))
-
-    return run
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nas", description="Training-aware neural architecture search (EfficientNetV2-style).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -423,12 +411,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    _add_later_commands(sub)
     return parser
-
-
-def _add_later_commands(sub: Any) -> None:
-    """Subcommands whose handlers live in heavier modules (imported only when run)."""
 
 
 def main(argv: list[str] | None = None) -> int:

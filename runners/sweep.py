@@ -90,14 +90,14 @@ class Progress:
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    def update(self, done: int, running: int, failed: int, pruned: int, best: tuple[float, str] | None, new_done: int,
-               concurrency: int) -> None:
+    def update(self, done: int, running: int, failed: int, pruned: int, best: optuna.trial.FrozenTrial | None,
+               new_done: int) -> None:
         if self.quiet:
             return
         elapsed = time.monotonic() - self.begin
         remaining = self.total - done
         eta = f"{elapsed / new_done * remaining:.0f}s" if new_done and remaining else ("0s" if not remaining else "?")
-        best_text = f"best reward {best[0]:.4f} ({best[1]})" if best else "best reward -"
+        best_text = f"best reward {best.user_attrs['reward']:.4f} ({best.user_attrs['spec_key']})" if best else "best reward -"
         self.log(f"[{done}/{self.total} done, {running} running, {failed} failed, {pruned} pruned] {best_text}  "
                  f"elapsed {elapsed:.0f}s  ETA {eta}")
 
@@ -166,12 +166,10 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     }
 
 
-def _best(study: optuna.Study, multi: bool) -> tuple[float, str] | None:
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The finished trial with the highest reward (also in multi-objective runs, where reward is stored too)."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "reward" in t.user_attrs]
-    if not done:
-        return None
-    best = max(done, key=lambda t: t.user_attrs["reward"])
-    return best.user_attrs["reward"], best.user_attrs.get("spec_key", "")
+    return max(done, key=lambda t: (t.user_attrs["reward"], -t.number)) if done else None
 
 
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
@@ -246,19 +244,15 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                 new_done += 1
                 counts = _counts(study)
                 progress.update(counts["complete"] + counts["pruned"] + counts["failed"], len(in_flight), counts["failed"],
-                                counts["pruned"], _best(study, multi), new_done, config.max_concurrent)
+                                counts["pruned"], _best(study), new_done)
     finally:
         if started_ray:
             ray.shutdown()
-    counts = _counts(study)
-    best = _best(study, multi)
-    summary = {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **counts,
-               "trials_this_run": new_done, "best_reward": best[0] if best else None, "best_spec_key": best[1] if best else None,
-               "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds}
-    if best:
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "reward" in t.user_attrs]
-        summary["best_trial"] = max(done, key=lambda t: t.user_attrs["reward"]).number
-    return summary
+    best = _best(study)
+    return {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **_counts(study),
+            "trials_this_run": new_done, "best_trial": best.number if best else None,
+            "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
+            "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds}
 
 
 def _annotate(study: optuna.Study, trial: optuna.Trial, config: SweepConfig) -> None:
