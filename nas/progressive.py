@@ -29,13 +29,13 @@ from nas.io import atomic_write_json
 from nas.model import build
 from nas.scaling import MEMBERS
 from nas.spec import NetworkSpec
-from nas.train import autocast, evaluate, make_optimizer, pick_device, seed_everything, validate_optimization, warmup_cosine
+from nas.train import OptimizerConfig, autocast, evaluate, make_optimizer, pick_device, seed_everything, warmup_cosine
 
 MAX_MAGNITUDE = 30.0  # kornia's RandAugment takes 0 < m < 30; 0 here means "off"
 
 
 @dataclass(frozen=True)
-class ProgressiveConfig:
+class ProgressiveConfig(OptimizerConfig):
     """Settings of a final training run; ``min_*`` are the first stage's values, ``max_*`` the last's."""
 
     epochs: int = 12
@@ -52,16 +52,8 @@ class ProgressiveConfig:
     max_dropout: float = 0.2
     randaugment_ops: int = 2
     batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
     ema_decay: float | None = None
     validation_fraction: float = 0.1
-    seed: int = 0
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("stages", 1), ("min_image_size", 8), ("max_image_size", 8), ("batch_size", 2),
@@ -81,7 +73,7 @@ class ProgressiveConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= high:
                 raise InputError(f"{name}: {value!r} is not allowed, allowed [0, {high:g}]")
-        validate_optimization(self)
+        super().__post_init__()
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise InputError(f"ema_decay: {self.ema_decay!r} is not allowed, allowed (0, 1)")
         if self.eval_image_size is not None and self.eval_image_size < 8:
@@ -191,7 +183,7 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
     model = build(spec).to(torch_device)
     if torch_device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)  # type: ignore[arg-type]
+    optimizer = make_optimizer(model, config)
     steps_per_epoch = max(1, len(data_dev.train_labels) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.epochs * steps_per_epoch,
                                                                            int(config.warmup_epochs * steps_per_epoch)))

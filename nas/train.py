@@ -20,7 +20,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,12 +34,9 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Proxy-training settings; defaults are the measured good setup on small data (FINDINGS.md)."""
+class OptimizerConfig:
+    """Optimizer, schedule and data-split settings shared by proxy and final training."""
 
-    epochs: int = 10
-    image_size: int = 32
-    batch_size: int = 64
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -50,6 +46,26 @@ class TrainConfig:
     validation_fraction: float = 0.2
     seed: int = 0
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer: {self.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
+        for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
+                                ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+                raise InputError(f"{name}: {value!r} is not allowed, allowed a number in [{low}, {high}]")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InputError(f"threads: {self.threads!r} is not allowed, allowed an integer >= 1 or null")
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimizerConfig):
+    """Proxy-training settings; defaults are the measured good setup on small data (FINDINGS.md)."""
+
+    epochs: int = 10
+    image_size: int = 32
+    batch_size: int = 64
     deterministic: bool = True
     eval_batch_size: int = 512
 
@@ -58,20 +74,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InputError(f"{name}: {value!r} is not allowed, allowed an integer >= {low}")
-        validate_optimization(self)
-
-
-def validate_optimization(config: Any) -> None:
-    """Checks shared by the proxy (:class:`TrainConfig`) and final (``ProgressiveConfig``) training settings."""
-    if config.optimizer not in OPTIMIZERS:
-        raise InputError(f"optimizer: {config.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
-    for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
-                            ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
-        value = getattr(config, name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-            raise InputError(f"{name}: {value!r} is not allowed, allowed a number in [{low}, {high}]")
-    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
-        raise InputError(f"threads: {config.threads!r} is not allowed, allowed an integer >= 1 or null")
+        super().__post_init__()
 
 
 @dataclass
@@ -121,7 +124,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     # no weight decay on BN and biases (1-d parameters), as the reference code
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -220,8 +223,3 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
-
-
-def result_summary(result: TrainResult) -> dict[str, Any]:
-    return {"accuracy": result.accuracy, "val_loss": result.val_loss, "curve": result.curve, "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early, "failure": result.failure, "train_seconds": result.seconds}

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -52,7 +52,7 @@ def evaluate_trial(spec_json: dict, dataset: Dataset, config_json: dict, backbon
     config = config_from_dict(config_json)
     threads = max(1, int(config.cpus_per_trial))
     torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
-    train = config.train.__class__(**{**asdict(config.train), "seed": seed, "threads": threads})
+    train = replace(config.train, seed=seed, threads=threads)
     on_epoch = None
     if prune is not None:
         quiet_optuna()
