@@ -213,7 +213,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
         config_json, backbone_json = json.loads(json.dumps(config.to_dict())), backbone.to_dict()
         in_flight: dict[Any, optuna.Trial] = {}
-        new_done = 0
+        new_done, changed = 0, False
         while True:
             counts = _counts(study)
             finished = counts["complete"] + counts["pruned"] + counts["failed"]
@@ -231,6 +231,11 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                 ref = remote.remote(spec.to_dict(), dataset_ref, config_json, backbone_json, seed, prune, config.gpus_per_trial > 0,
                                     str(config.run_dir.resolve()))
                 in_flight[ref] = trial
+            if changed:  # after the refill, so "running" counts the trials just started
+                counts = _counts(study)
+                progress.update(counts["complete"] + counts["pruned"] + counts["failed"], len(in_flight), counts["failed"],
+                                counts["pruned"], _best(study), new_done)
+                changed = False
             if not in_flight:
                 break
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=30)
@@ -241,10 +246,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                 except Exception as error:  # a worker that died (OOM-killed, node lost)
                     record = {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
                 _tell(study, trial, record, reward, multi, config)
-                new_done += 1
-                counts = _counts(study)
-                progress.update(counts["complete"] + counts["pruned"] + counts["failed"], len(in_flight), counts["failed"],
-                                counts["pruned"], _best(study), new_done)
+                new_done, changed = new_done + 1, True
     finally:
         if started_ray:
             ray.shutdown()
