@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.data import Dataset, DeviceData
-from nas.errors import InputError
+from nas.errors import InputError, check_ints
 from nas.io import atomic_write_json
 from nas.model import build
 from nas.scaling import MEMBERS
@@ -56,11 +56,8 @@ class ProgressiveConfig(OptimizerConfig):
     validation_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        for name, low in (("epochs", 1), ("stages", 1), ("min_image_size", 8), ("max_image_size", 8), ("batch_size", 2),
-                          ("randaugment_ops", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InputError(f"{name}: {value!r} is not allowed, allowed an integer >= {low}")
+        check_ints(self, (("epochs", 1), ("stages", 1), ("min_image_size", 8), ("max_image_size", 8), ("batch_size", 2),
+                          ("randaugment_ops", 1)))
         if self.stages > self.epochs:
             raise InputError(f"stages: {self.stages} is more than epochs {self.epochs}, allowed 1..{self.epochs}")
         if self.max_image_size < self.min_image_size:

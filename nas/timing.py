@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from nas.errors import InputError
+from nas.errors import InputError, check_ints
 from nas.model import build
 from nas.spec import NetworkSpec
 
@@ -40,12 +40,9 @@ class TimingConfig:
     steps: int = 10
 
     def __post_init__(self) -> None:
-        for name, low in (("batch_size", 1), ("warmup", 0), ("steps", 3)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise InputError(f"timing.{name}: {value!r} is not allowed, allowed an integer >= {low}")
+        check_ints(self, (("batch_size", 1), ("warmup", 0), ("steps", 3)))
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
-            raise InputError(f"timing.image_size: {self.image_size!r} is not allowed, allowed an integer >= 16 or null")
+            raise InputError(f"image_size: {self.image_size!r} is not allowed, allowed an integer >= 16 or null")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.data import Dataset, DeviceData
-from nas.errors import InputError
+from nas.errors import InputError, check_ints
 from nas.model import build
 from nas.spec import NetworkSpec
 
@@ -70,10 +70,7 @@ class TrainConfig(OptimizerConfig):
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
-        for name, low in (("epochs", 1), ("image_size", 8), ("batch_size", 2), ("eval_batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InputError(f"{name}: {value!r} is not allowed, allowed an integer >= {low}")
+        check_ints(self, (("epochs", 1), ("image_size", 8), ("batch_size", 2), ("eval_batch_size", 1)))
         super().__post_init__()
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nas.errors import InputError
+from nas.errors import InputError, check_ints
 from nas.io import load_config_file
 from nas.timing import TimingConfig
 from nas.train import TrainConfig
@@ -56,10 +56,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", self.name):
             raise InputError(f"name: {self.name!r} is not allowed, allowed letters, digits, '_', '.', '-'")
-        for key, low in (("n_trials", 1), ("max_concurrent", 1)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InputError(f"{key}: {value!r} is not allowed, allowed an integer >= {low}")
+        check_ints(self, (("n_trials", 1), ("max_concurrent", 1)))
         if not isinstance(self.cpus_per_trial, (int, float)) or self.cpus_per_trial <= 0:
             raise InputError(f"cpus_per_trial: {self.cpus_per_trial!r} is not allowed, allowed a number > 0")
         if not isinstance(self.gpus_per_trial, (int, float)) or not 0 <= self.gpus_per_trial <= 8:
