@@ -45,6 +45,12 @@ def _finite_float(value: str) -> float:
     return number
 
 
+def _fixed_width(rows: list[tuple[str, ...]]) -> str:
+    """Right-aligned columns, two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
 # ---- inspect / scale ---------------------------------------------------------------------
 def stage_table(spec: Any) -> str:
     """A fixed-width table of the stages of ``spec``."""
@@ -52,8 +58,7 @@ def stage_table(spec: Any) -> str:
     for index, s in enumerate(spec.stages, 1):
         rows.append((str(index), s.operator, str(s.layers), str(s.kernel), str(s.stride), str(s.expansion),
                      str(s.input_channels), str(s.output_channels), f"{s.se_ratio:g}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    return _fixed_width(rows)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -107,8 +112,7 @@ def cmd_space(args: argparse.Namespace) -> int:
         rows.append((str(st["stage"]), "/".join(st["operators"]), "{}-{}".format(*st["layers"]),
                      "/".join(map(str, st["kernels"])), "/".join(map(str, st["expansions"])), str(st["stride"]),
                      "{}->{}".format(*st["channels"]), str(st["choices"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    table = _fixed_width(rows)
     text = (f"search space over {info['backbone']}\n{table}\n"
             f"distinct architectures: {info['size']:,}\n"
             f"params (at {info['num_classes']} classes): smallest {info['min_params']:,}, largest {info['max_params']:,}")
@@ -296,7 +300,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="registry name or path to a spec JSON")
     p.add_argument("--width", type=_finite_float)
     p.add_argument("--depth", type=_finite_float)
-    p.add_argument("--family", action="store_true", help="write the S/M/L family (see nas.family)")
+    p.add_argument("--family", action="store_true", help="write the S/M/L family (rule in nas.scaling)")
     p.add_argument("--members", default="s,m,l", help="family members to write (default s,m,l)")
     p.add_argument("-o", "--output", help="OUT.json (or OUT_DIR with --family)")
     p.add_argument("--json", action="store_true")

@@ -90,8 +90,7 @@ class SweepConfig:
         return get_reward(self.reward["name"], **{k: v for k, v in self.reward.items() if k != "name"})
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        return data
+        return asdict(self)
 
 
 def check_storage_url(url: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 
 from nas.spec import NetworkSpec
-from runners.study import Run, open_run, stage_table_markdown
+from runners.study import best_scored, open_run, scored_trials, stage_table_markdown
 
 MARK = "nas_note_written"
 
@@ -42,10 +42,6 @@ def trial_note(number: int, attrs: dict[str, Any], reward_config: dict[str, Any]
         f"Reward: {reward_config['name']} ({options}); data {attrs.get('data')}; device {attrs.get('device')}.\n\n"
         f"### Stage table\n\n{stage_table_markdown(spec)}\n\n`{attrs['spec_key']}`{reused}\n"
     )
-
-
-def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if "reward" in t.user_attrs]
 
 
 def annotate_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, run_dir: str | Path,
@@ -76,10 +72,9 @@ def annotate_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.Froze
 def study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
     from rewards import pareto_front
 
-    done = _done(study)
-    if not done:
+    done, best = scored_trials(study), best_scored(study)
+    if best is None:
         return "## NAS sweep\n\nNo finished trial yet."
-    best = max(done, key=lambda t: t.user_attrs["reward"])
     points = [(t.user_attrs["accuracy"], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"]) for t in done]
     front = sorted((done[i] for i in pareto_front(points, ["maximize", "minimize", "minimize"])), key=lambda t: -t.user_attrs["accuracy"])
     rows = "\n".join(f"| {t.number} | {t.user_attrs['accuracy']:.4f} | {t.user_attrs['normalized_step_time']:.3f} | "
@@ -98,7 +93,7 @@ def annotate(study: optuna.Study, run_dir: str | Path, reward_config: dict[str, 
     from optuna_dashboard import get_note, save_note
 
     count = 0
-    for trial in _done(study):
+    for trial in scored_trials(study):
         if not study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial._trial_id}"):
             annotate_trial(study, trial, run_dir, reward_config)
             count += 1
@@ -131,7 +126,3 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_secon
         run_server(run.study._storage, host=host, port=port, artifact_store=artifact_store(run.path))
     finally:
         stop.set()
-
-
-def annotate_run(run: Run) -> int:
-    return annotate(run.study, run.path, run.config.reward)

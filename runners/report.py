@@ -13,7 +13,7 @@ import optuna
 
 from nas.io import atomic_write_text
 from runners.results import pareto_trials
-from runners.study import Run
+from runners.study import Run, scored_trials
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
@@ -118,8 +118,7 @@ def write_report(run: Run, output: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    trials = sorted((t for t in run.finished() if "reward" in t.user_attrs and "normalized_step_time" in t.user_attrs),
-                    key=lambda t: t.number)
+    trials = sorted(scored_trials(run.study), key=lambda t: t.number)
     states = Counter(t.state.name for t in run.study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     config = run.config

@@ -13,11 +13,7 @@ import nas
 from nas.errors import InputError
 from nas.io import atomic_write_json
 from rewards import RewardError, get_reward, pareto_front
-from runners.study import Run, raw_metrics, trial_spec
-
-
-def _scored(run: Run) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in run.finished() if "reward" in t.user_attrs and "normalized_step_time" in t.user_attrs]
+from runners.study import Run, best_scored, raw_metrics, scored_trials, trial_spec
 
 
 def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any]]:
@@ -29,7 +25,7 @@ def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any
         reward = get_reward(name, **options)
     except RewardError as error:
         raise InputError(str(error)) from None
-    trials = _scored(run)
+    trials = scored_trials(run.study)
     # ties broken by trial number, so equal rewards keep a stable order
     old_order = sorted(trials, key=lambda t: (-t.user_attrs["reward"], t.number))
     old_rank = {t.number: i for i, t in enumerate(old_order, 1)}
@@ -45,16 +41,16 @@ def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any
 
 def pareto_trials(run: Run) -> list[optuna.trial.FrozenTrial]:
     """Finished trials on the Pareto front of (max accuracy, min step time, min params)."""
-    trials = _scored(run)
+    trials = scored_trials(run.study)
     points = [(t.user_attrs["accuracy"], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"]) for t in trials]
     return [trials[i] for i in pareto_front(points, ["maximize", "minimize", "minimize"])]
 
 
 def best_trial(run: Run) -> optuna.trial.FrozenTrial:
-    trials = _scored(run)
-    if not trials:
+    best = best_scored(run.study)
+    if best is None:
         raise InputError(f"trial: {run.path} has no finished trial yet")
-    return max(trials, key=lambda t: (t.user_attrs["reward"], -t.number))
+    return best
 
 
 def pick_trials(run: Run, which: str) -> list[optuna.trial.FrozenTrial]:

@@ -77,6 +77,18 @@ def open_run(run_dir: str | Path) -> Run:
     return Run(path, config, study)
 
 
+def scored_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Finished trials that carry a reward and raw metrics (failed, pruned and running ones do not)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "reward" in t.user_attrs and "normalized_step_time" in t.user_attrs]
+
+
+def best_scored(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The scored trial with the highest reward (lowest number on ties); None before any finishes."""
+    trials = scored_trials(study)
+    return max(trials, key=lambda t: (t.user_attrs["reward"], -t.number)) if trials else None
+
+
 def trial_spec(trial: optuna.trial.FrozenTrial) -> NetworkSpec:
     return NetworkSpec.from_dict(trial.user_attrs["spec"])
 
@@ -99,17 +111,3 @@ def stage_table_markdown(spec: NetworkSpec) -> str:
         lines.append(f"| {row['stage']} | {row['operator']} | {row['layers']} | {row['kernel']} | {row['expansion']} | "
                      f"{row['channels']} | {row['stride']} |")
     return "\n".join(lines)
-
-
-def trials_frame(run: Run):
-    """One row per finished trial with raw metrics and the stored reward (a pandas DataFrame)."""
-    import pandas as pd
-
-    rows = []
-    for t in run.finished():
-        attrs = t.user_attrs
-        if "accuracy" not in attrs:
-            continue
-        rows.append({"number": t.number, "reward": attrs.get("reward"), **raw_metrics(t),
-                     "spec_key": attrs.get("spec_key"), **{k: v for k, v in t.params.items()}})
-    return pd.DataFrame(rows)

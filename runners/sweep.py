@@ -26,7 +26,7 @@ from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
 from runners.config import SweepConfig, config_from_dict
-from runners.study import quiet_optuna, rdb_storage
+from runners.study import best_scored, quiet_optuna, rdb_storage
 from search_spaces import SearchSpace, make_sampler
 
 INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"
@@ -38,6 +38,11 @@ TrialState = optuna.trial.TrialState
 def trial_seed(study_seed: int, number: int) -> int:
     """Per-trial seed derived from (study seed, trial number)."""
     return (study_seed * 1_000_003 + number * 7919 + 17) % (2**31 - 1)
+
+
+def asha_pruner() -> optuna.pruners.BasePruner:
+    """The successive-halving pruner; driver and workers must build the same one."""
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
 
 
 # ---- the worker side -------------------------------------------------------------------------
@@ -57,7 +62,7 @@ def evaluate_trial(spec_json: dict, dataset: Dataset, config_json: dict, backbon
     if prune is not None:
         quiet_optuna()
         study = optuna.load_study(study_name=prune["study"], storage=rdb_storage(prune["storage"]),
-                                  pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
+                                  pruner=asha_pruner())
         trial = optuna.trial.Trial(study, prune["trial_id"])
 
         def on_epoch(epoch: int, metrics: dict) -> bool:
@@ -166,12 +171,6 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     }
 
 
-def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The finished trial with the highest reward (also in multi-objective runs, where reward is stored too)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "reward" in t.user_attrs]
-    return max(done, key=lambda t: (t.user_attrs["reward"], -t.number)) if done else None
-
-
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the sweep described by ``config``; returns a summary dict."""
     quiet_optuna()
@@ -190,7 +189,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         # a resumed sweep re-seeds its sampler, so it does not replay the first run's proposals
         sampler=make_sampler(config.sampler, seed=config.seed + existing),
         directions=["maximize", "minimize", "minimize"] if multi else ["maximize"],
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2) if config.pruner == "asha" else None,
+        pruner=asha_pruner() if config.pruner == "asha" else None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -234,7 +233,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
             if changed:  # after the refill, so "running" counts the trials just started
                 counts = _counts(study)
                 progress.update(counts["complete"] + counts["pruned"] + counts["failed"], len(in_flight), counts["failed"],
-                                counts["pruned"], _best(study), new_done)
+                                counts["pruned"], best_scored(study), new_done)
                 changed = False
             if not in_flight:
                 break
@@ -250,7 +249,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     finally:
         if started_ray:
             ray.shutdown()
-    best = _best(study)
+    best = best_scored(study)  # by reward, also in multi-objective runs (reward is stored there too)
     return {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **_counts(study),
             "trials_this_run": new_done, "best_trial": best.number if best else None,
             "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
