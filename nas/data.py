@@ -89,10 +89,8 @@ def load_dataset(name_or_path: str, seed: int = 0) -> Dataset:
         raise DataError(f"data: {path.name} is not a supported file, allowed .npz or a directory (IDX, CIFAR, image folder)")
     if _find(path, "train-images-idx3-ubyte"):
         return _idx_dir(path)
-    if _find(path, "data_batch_1") or _find(path, "train"):
-        cifar = _find(path, "data_batch_1") or _find(path, "train")
-        if cifar is not None and cifar.is_file():
-            return _cifar(path)
+    if _find(path, "data_batch_1") or _find(path, "train"):  # CIFAR-10 / CIFAR-100 batch files (a train/ folder is not one)
+        return _cifar(path)
     return _image_folder(path, seed)
 
 
