@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas.data import Dataset, load_dataset  # noqa: E402
 from nas.io import load_spec  # noqa: E402
-from nas.progressive import ProgressiveConfig, train_progressive  # noqa: E402
+from nas.progressive import train_progressive  # noqa: E402
+from nas.schedule import ProgressiveConfig  # noqa: E402
 from nas.spec import NetworkSpec  # noqa: E402
 
 

@@ -25,7 +25,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import torch  # noqa: E402
 
-from nas.timing import DeviceLock, TimingConfig, measure_step_time  # noqa: E402
+from nas.lock import DeviceLock  # noqa: E402
+from nas.timing import TimingConfig, measure_step_time  # noqa: E402
 from nas.zoo import get  # noqa: E402
 from runners.config import resolve_config  # noqa: E402
 from runners.study import open_run  # noqa: E402
@@ -34,7 +35,7 @@ from runners.sweep import run_sweep  # noqa: E402
 TRAINER = """
 import sys, torch
 from nas.data import load_dataset
-from nas.timing import DeviceLock
+from nas.lock import DeviceLock
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
 lock = DeviceLock(sys.argv[1]) if sys.argv[1] != "none" else None

@@ -13,19 +13,18 @@ exclusive, so a neighbour's training cannot inflate a measurement (FINDINGS: 3.5
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 import socket
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nas.errors import InputError, check_ints
+from nas.lock import DeviceLock, file_lock
 from nas.model import build
 from nas.spec import NetworkSpec
 
@@ -141,7 +140,7 @@ class ReferenceCache:
         median = measure_step_time(backbone, config, device, lock).median_ms
         self._memory[key] = median
         if self.path:
-            with _file_lock(self.path.with_suffix(".lock")):
+            with file_lock(self.path.with_suffix(".lock")):
                 stored = _read_json(self.path) if self.path.is_file() else {}
                 stored[key] = median
                 _write_json_atomic(self.path, stored)
@@ -160,50 +159,3 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=1)
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, mode: int = fcntl.LOCK_EX):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class DeviceLock:
-    """A writer-preferring readers/writer lock per physical device, shared by processes on one host.
-
-    Trainers hold it *shared* around each step; timing holds it *exclusive*. A turnstile file makes
-    a waiting timer block new readers, so a steady stream of training steps cannot starve it.
-
-        >>> lock = DeviceLock("cpu")
-        >>> with lock.shared():
-        ...     pass
-    """
-
-    def __init__(self, device: str, directory: str | os.PathLike[str] | None = None) -> None:
-        root = Path(directory or os.environ.get("NAS_LOCK_DIR") or Path(tempfile.gettempdir()) / "nas-device-locks")
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device)
-        self.turnstile = root / f"{safe}.turnstile"
-        self.data = root / f"{safe}.lock"
-
-    @contextlib.contextmanager
-    def shared(self):
-        with _file_lock(self.turnstile):  # pass through the turnstile (blocked while a timer waits)
-            pass
-        with _file_lock(self.data, fcntl.LOCK_SH):
-            yield
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        with _file_lock(self.turnstile), _file_lock(self.data, fcntl.LOCK_EX):
-            yield
-
-
-def timing_to_dict(step: StepTime) -> dict:
-    data = asdict(step)
-    data["samples_ms"] = list(step.samples_ms)
-    return data

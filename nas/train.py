@@ -1,6 +1,6 @@
 """Proxy training: a few epochs at a reduced image size, as the search's inner loop.
 
-Data stay on the device (:class:`nas.data.DeviceData`); the optimizer is AdamW with a linear
+Data stay on the device (:class:`nas.pipeline.DeviceData`); the optimizer is AdamW with a linear
 warm-up and a cosine decay, label smoothing, bf16 autocast and channels_last on CUDA, fp32 with
 an explicit thread count on CPU.
 
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.data import Dataset, DeviceData
+from nas.data import Dataset
 from nas.errors import InputError, check_ints
 from nas.model import build
+from nas.pipeline import DeviceData
 from nas.spec import NetworkSpec
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -161,7 +162,7 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
     """Train ``build(spec)`` for ``config.epochs`` epochs; validate on the held-out split after each.
 
     ``on_epoch(epoch, metrics)`` may return True to stop early (pruning). ``step_guard`` wraps every
-    optimizer step (a shared :class:`~nas.timing.DeviceLock`, so timing can pause this trial).
+    optimizer step (a shared :class:`~nas.lock.DeviceLock`, so timing can pause this trial).
     A non-finite loss or a CUDA out-of-memory error ends the run with ``failure`` set.
     """
     if config.threads:

@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
-from nas.data import Dataset, DeviceData, load_dataset
+from nas.data import Dataset, load_dataset
+from nas.lock import DeviceLock
 from nas.model import count_macs, count_spec_params
+from nas.pipeline import DeviceData
 from nas.spec import NetworkSpec
-from nas.timing import DeviceLock, ReferenceCache, TimingConfig, device_name, measure_step_time
+from nas.timing import ReferenceCache, TimingConfig, device_name, measure_step_time
 from nas.train import EpochCallback, TrainConfig, pick_device, train_proxy
 
 _DATA_CACHE: dict[tuple[str, str, float], tuple[DeviceData, int]] = {}

@@ -26,10 +26,10 @@ class Result:
 
 
 def run_nas(*args: str, timeout: float = 600, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Result:
-    """Run ``python -m nas.cli ARGS`` as a user would run ``nas ARGS``."""
+    """Run ``python -m runners.cli ARGS`` as a user would run ``nas ARGS``."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "nas.cli", *map(str, args)],
+        [sys.executable, "-m", "runners.cli", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=full_env,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

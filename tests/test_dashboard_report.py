@@ -49,7 +49,7 @@ def test_dashboard_in_chromium(finished_sweep):
     run = open_run(finished_sweep)
     n_trials, best = len(run.study.trials), best_trial(run)
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", str(finished_sweep), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "runners.cli", "dashboard", str(finished_sweep), "--port", str(port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_http(f"http://127.0.0.1:{port}/dashboard")
@@ -75,7 +75,7 @@ def test_dashboard_in_chromium(finished_sweep):
 
 
 def test_dashboard_binds_localhost_by_default():
-    from nas.cli import make_parser
+    from runners.cli import make_parser
 
     assert make_parser().parse_args(["dashboard", "x"]).host == "127.0.0.1"
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import DataError, DeviceData, load_dataset, parse_idx, random_crop
+from nas.data import DataError, load_dataset, parse_idx
+from nas.pipeline import DeviceData, random_crop
 from tests.conftest import assert_one_line_error, run_nas
 
 RNG = np.random.default_rng(0)

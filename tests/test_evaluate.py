@@ -3,7 +3,8 @@
 import torch
 
 from nas.data import load_dataset
-from nas.timing import DeviceLock, TimingConfig, measure_step_time
+from nas.lock import DeviceLock
+from nas.timing import TimingConfig, measure_step_time
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
 from runners.evaluate import evaluate_candidate

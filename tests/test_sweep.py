@@ -54,7 +54,7 @@ def test_failing_evaluation_is_stored_fail_and_sweep_completes(tmp_path):
 
 
 def test_resume_after_sigkill(tmp_path):
-    args = [sys.executable, "-m", "nas.cli", "search", "--name", "resume", "--runs-dir", str(tmp_path), "--trials", "5",
+    args = [sys.executable, "-m", "runners.cli", "search", "--name", "resume", "--runs-dir", str(tmp_path), "--trials", "5",
             "--concurrent", "1", "--sampler", "random", "--quiet", *FAST]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

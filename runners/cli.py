@@ -260,9 +260,13 @@ def _scale_family(spec: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from nas.data import load_dataset
     from nas.io import load_spec
-    from nas.progressive import ProgressiveConfig, explicit_config, train_progressive
+    from nas.plots import plot_curves
+    from nas.progressive import train_progressive
+    from nas.schedule import ProgressiveConfig, explicit_config, schedule
 
     spec = load_spec(args.spec)
     explicit = {
@@ -277,6 +281,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_dataset(args.data)
     out = args.out or f"runs/train-{spec.name}"
     summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")
     summary["out"] = out
     text = (f"{summary['mode']} training of {spec.name} on {summary['data']}: test accuracy {summary['test_accuracy']:.4f} "
             f"at {summary['eval_image_size']}px, {summary['train_seconds']:.0f} s of training\n"

@@ -1,0 +1,38 @@
+"""Plots of training runs (written after training, never inside the loop)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from nas.schedule import Stage
+
+
+def plot_curves(history: list[dict[str, Any]], plan: list[Stage], path: Path) -> None:
+    """Loss and accuracy per epoch, stage boundaries as vertical lines labelled with their image size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [h["epoch"] for h in history]
+    left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    left.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    right.plot(epochs, [h["val_accuracy"] for h in history], color="C2", label="val accuracy")
+    for axis in (left, right):
+        for stage in plan:
+            axis.axvline(stage.first_epoch - 0.5, color="grey", linestyle=":", linewidth=1)
+            axis.text(stage.first_epoch - 0.4, 1.0, f"{stage.image_size}px", transform=axis.get_xaxis_transform(), fontsize=8,
+                      va="top", color="grey")
+        axis.set_xlabel("epoch")
+        axis.legend(loc="center right")
+    left.set_title("loss")
+    right.set_title("validation accuracy")
+    figure.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+

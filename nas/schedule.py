@@ -1,0 +1,118 @@
+"""The progressive-learning schedule (EfficientNetV2, Algorithm 1), pure: settings in, stages out.
+
+Training is split into M stages; stage i (0-based) uses image size and regularization (dropout,
+RandAugment magnitude, mixup alpha) interpolated linearly between the start and end values,
+``v_i = start + (end - start) * i / (M - 1)``; the weights carry over between stages. ``--fixed``
+trains every epoch at the end values (the baseline the paper compares against).
+
+    >>> [s.image_size for s in schedule(ProgressiveConfig(epochs=8, stages=4, min_image_size=16, max_image_size=32))]
+    [16, 21, 27, 32]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from nas.errors import InputError, check_ints
+from nas.scaling import MEMBERS
+from nas.train import OptimizerConfig
+
+MAX_MAGNITUDE = 30.0  # kornia's RandAugment takes 0 < m < 30; 0 here means "off"
+
+
+@dataclass(frozen=True)
+class ProgressiveConfig(OptimizerConfig):
+    """Settings of a final training run; ``min_*`` are the first stage's values, ``max_*`` the last's."""
+
+    epochs: int = 12
+    stages: int = 4
+    progressive: bool = True
+    min_image_size: int = 16
+    max_image_size: int = 32
+    eval_image_size: int | None = None
+    min_randaugment: float = 0.0
+    max_randaugment: float = 0.0
+    min_mixup: float = 0.0
+    max_mixup: float = 0.0
+    min_dropout: float = 0.1
+    max_dropout: float = 0.2
+    randaugment_ops: int = 2
+    batch_size: int = 128
+    ema_decay: float | None = None
+    validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_ints(self, (("epochs", 1), ("stages", 1), ("min_image_size", 8), ("max_image_size", 8), ("batch_size", 2),
+                          ("randaugment_ops", 1)))
+        if self.stages > self.epochs:
+            raise InputError(f"stages: {self.stages} is more than epochs {self.epochs}, allowed 1..{self.epochs}")
+        if self.max_image_size < self.min_image_size:
+            raise InputError(f"max_image_size: {self.max_image_size} is below min_image_size {self.min_image_size}")
+        for name in ("min_randaugment", "max_randaugment"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < MAX_MAGNITUDE:
+                raise InputError(f"{name}: {value!r} is outside RandAugment's range, allowed [0, {MAX_MAGNITUDE:g}) (0 = off)")
+        for name, high in (("min_mixup", 10.0), ("max_mixup", 10.0), ("min_dropout", 0.95), ("max_dropout", 0.95)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= high:
+                raise InputError(f"{name}: {value!r} is not allowed, allowed [0, {high:g}]")
+        super().__post_init__()
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise InputError(f"ema_decay: {self.ema_decay!r} is not allowed, allowed (0, 1)")
+        if self.eval_image_size is not None and self.eval_image_size < 8:
+            raise InputError(f"eval_image_size: {self.eval_image_size!r} is not allowed, allowed >= 8")
+
+    @classmethod
+    def for_member(cls, member: str, **overrides: Any) -> ProgressiveConfig:
+        """The paper's settings of family member ``s``, ``m`` or ``l`` (see :data:`nas.scaling.MEMBERS`)."""
+        if member not in MEMBERS:
+            raise InputError(f"member: unknown member {member!r}, allowed {', '.join(MEMBERS)}")
+        m = MEMBERS[member]
+        values = {**asdict(m.progressive), "eval_image_size": m.eval_image_size}
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule: epochs ``[first_epoch, last_epoch]`` (1-based) and its settings."""
+
+    index: int
+    first_epoch: int
+    last_epoch: int
+    image_size: int
+    dropout: float
+    randaugment: float
+    mixup: float
+
+
+
+def _lerp(start: float, end: float, i: int, stages: int) -> float:
+    return end if stages == 1 else start + (end - start) * i / (stages - 1)
+
+
+
+def schedule(config: ProgressiveConfig) -> list[Stage]:
+    """The per-stage settings (pure). Epochs split evenly; earlier stages take any remainder."""
+    base, extra = divmod(config.epochs, config.stages)
+    stages, first = [], 1
+    for i in range(config.stages):
+        count = base + (1 if i < extra else 0)
+        if config.progressive:
+            values = (round(_lerp(config.min_image_size, config.max_image_size, i, config.stages)),
+                      _lerp(config.min_dropout, config.max_dropout, i, config.stages),
+                      _lerp(config.min_randaugment, config.max_randaugment, i, config.stages),
+                      _lerp(config.min_mixup, config.max_mixup, i, config.stages))
+        else:
+            values = (config.max_image_size, config.max_dropout, config.max_randaugment, config.max_mixup)
+        stages.append(Stage(i, first, first + count - 1, int(values[0]), *values[1:]))
+        first += count
+    return stages
+
+
+
+def explicit_config(base: ProgressiveConfig, **overrides: Any) -> ProgressiveConfig:
+    """``base`` with the non-None ``overrides`` applied (and validated)."""
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
