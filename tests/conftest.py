@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ("postgres",)  # the session's throwaway PostgreSQL server (tests/postgres.py)
 
 
 @dataclass
