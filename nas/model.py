@@ -191,61 +191,48 @@ class StochasticDepth(nn.Module):
         return x * mask / keep
 
 
-def _conv(plan: ConvPlan | None) -> nn.Module:
-    return ConvBnAct(plan) if plan is not None else nn.Identity()
-
-
-def _se(plan: SEPlan | None) -> nn.Module:
-    return SqueezeExcite(plan) if plan is not None else nn.Identity()
+def _layer(part: ConvPlan | SEPlan | None) -> nn.Module:
+    if part is None:
+        return nn.Identity()  # absent parts keep their name, as in timm
+    return SqueezeExcite(part) if isinstance(part, SEPlan) else ConvBnAct(part)
 
 
 class Block(nn.Module):
-    """Shared forward: ``x + drop_path(branch(x))`` when the block keeps its shape, else ``branch(x)``.
+    """``x + drop_path(layers(x))`` when the block keeps its shape, else ``layers(x)``.
 
-    Subclasses register their layers in forward order (the order ``build`` initializes them in).
+    ``LAYERS`` names the plan's parts (expand, depthwise, se, project) in forward order; a subclass without
+    a part names it None. Layers are registered in that order (the order ``build`` initializes them in).
     """
 
-    se: nn.Module
+    LAYERS: tuple[str | None, ...] = ()
 
     def __init__(self, plan: BlockPlan, drop: float) -> None:
         super().__init__()
         self.plan = plan
         self.use_residual = plan.use_residual
         self.drop_path = StochasticDepth(drop) if self.use_residual and drop > 0 else nn.Identity()
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        self.names = tuple(name for name in self.LAYERS if name)
+        for name, part in zip(self.LAYERS, (plan.expand, plan.depthwise, plan.se, plan.project)):
+            if name:
+                self.add_module(name, _layer(part))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branch(x)
+        out = x
+        for name in self.names:
+            out = getattr(self, name)(out)
         return x + self.drop_path(out) if self.use_residual else out
 
 
 class MBConv(Block):
     """``conv_pw`` (1x1, Identity if e = 1) -> ``conv_dw`` (kxk depthwise) -> ``se`` -> ``conv_pwl`` (1x1, no activation)."""
 
-    def __init__(self, plan: BlockPlan, drop: float) -> None:
-        super().__init__(plan, drop)
-        self.conv_pw = _conv(plan.expand)
-        self.conv_dw = _conv(plan.depthwise)
-        self.se = _se(plan.se)
-        self.conv_pwl = _conv(plan.project)
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_pwl(self.se(self.conv_dw(self.conv_pw(x))))
+    LAYERS = ("conv_pw", "conv_dw", "se", "conv_pwl")
 
 
 class FusedMBConv(Block):
     """``conv_exp`` (kxk) -> ``se`` -> ``conv_pwl`` (1x1, no activation; Identity if e = 1)."""
 
-    def __init__(self, plan: BlockPlan, drop: float) -> None:
-        super().__init__(plan, drop)
-        self.conv_exp = _conv(plan.expand)
-        self.se = _se(plan.se)
-        self.conv_pwl = _conv(plan.project)
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_pwl(self.se(self.conv_exp(x)))
+    LAYERS = ("conv_exp", None, "se", "conv_pwl")
 
 
 BLOCKS: dict[str, type[Block]] = {"mbconv": MBConv, "fused_mbconv": FusedMBConv}
