@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
+from nas.errors import check_number
 from nas.spec import NetworkSpec, SpecError
 
 
@@ -35,18 +37,13 @@ def round_repeats(layers: int, depth: float) -> int:
     return int(math.ceil(layers * depth))
 
 
-def _check_multiplier(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not 0 < value <= 16:
-        raise SpecError(f"{name}: {value!r} is not allowed, allowed a number in (0, 16]")
-
-
 def scale(spec: NetworkSpec, width: float, depth: float, name: str | None = None) -> NetworkSpec:
     """Scale ``spec`` uniformly by ``width`` (channels) and ``depth`` (layers per stage).
 
     Image sizes and regularization are copied; use :func:`dataclasses.replace` to change them.
     """
-    _check_multiplier("width", width)
-    _check_multiplier("depth", depth)
+    for field, value in (("width", width), ("depth", depth)):
+        check_number(field, value, low=0, high=16, low_open=True, error=SpecError)
     stages = tuple(
         replace(
             stage,
@@ -105,6 +102,25 @@ MEMBERS: dict[str, Member] = {
 }
 
 
+def _member(member: Member | str) -> Member:
+    if isinstance(member, Member):
+        return member
+    if member not in MEMBERS:
+        raise SpecError(f"member: unknown member {member!r}, allowed {', '.join(MEMBERS)}")
+    return MEMBERS[member]
+
+
+def member_settings(member: Member | str) -> dict[str, Any]:
+    """The spec fields a member sets: train/eval image sizes (eval capped at 480) and dropout.
+
+        >>> member_settings("m")
+        {'train_image_size': 384, 'eval_image_size': 480, 'dropout': 0.3}
+    """
+    member = _member(member)
+    return {"train_image_size": member.train_image_size, "eval_image_size": min(member.eval_image_size, MAX_EVAL_IMAGE_SIZE),
+            "dropout": member.progressive.max_dropout}
+
+
 def scale_member(base: NetworkSpec, member: Member | str) -> NetworkSpec:
     """Scale ``base`` into one family member (pure), following the EfficientNetV2 paper:
 
@@ -121,10 +137,7 @@ def scale_member(base: NetworkSpec, member: Member | str) -> NetworkSpec:
         >>> [s.layers for s in scale_member(get("efficientnetv2-b0"), "m").stages]
         [3, 5, 5, 7, 14, 18, 5]
     """
-    if isinstance(member, str):
-        if member not in MEMBERS:
-            raise SpecError(f"member: unknown member {member!r}, allowed {', '.join(MEMBERS)}")
-        member = MEMBERS[member]
+    member = _member(member)
     count = len(base.stages)
     stages = []
     previous = None
@@ -142,9 +155,7 @@ def scale_member(base: NetworkSpec, member: Member | str) -> NetworkSpec:
                               output_channels=round_filters(last.output_channels, APPENDED_WIDTH, 8)))
     stem = stages[0].output_channels
     stages[0] = replace(stages[0], input_channels=stem)
-    return replace(base, name=f"{base.name}-{member.name}", stem_channels=stem, stages=tuple(stages),
-                   dropout=member.progressive.max_dropout, train_image_size=member.train_image_size,
-                   eval_image_size=min(member.eval_image_size, MAX_EVAL_IMAGE_SIZE))
+    return replace(base, name=f"{base.name}-{member.name}", stem_channels=stem, stages=tuple(stages), **member_settings(member))
 
 
 def family(base: NetworkSpec, members: tuple[str, ...] = ("s", "m", "l")) -> dict[str, NetworkSpec]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from nas.errors import InputError, check_ints
+from nas.errors import InputError, check_ints, check_number
 from nas.scaling import MEMBERS
 from nas.train import OptimizerConfig
 
@@ -50,18 +50,12 @@ class ProgressiveConfig(OptimizerConfig):
         if self.max_image_size < self.min_image_size:
             raise InputError(f"max_image_size: {self.max_image_size} is below min_image_size {self.min_image_size}")
         for name in ("min_randaugment", "max_randaugment"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value < MAX_MAGNITUDE:
-                raise InputError(f"{name}: {value!r} is outside RandAugment's range, allowed [0, {MAX_MAGNITUDE:g}) (0 = off)")
+            check_number(name, getattr(self, name), low=0, high=MAX_MAGNITUDE, high_open=True, note=" (RandAugment's range, 0 = off)")
         for name, high in (("min_mixup", 10.0), ("max_mixup", 10.0), ("min_dropout", 0.95), ("max_dropout", 0.95)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value <= high:
-                raise InputError(f"{name}: {value!r} is not allowed, allowed [0, {high:g}]")
+            check_number(name, getattr(self, name), low=0, high=high)
         super().__post_init__()
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise InputError(f"ema_decay: {self.ema_decay!r} is not allowed, allowed (0, 1)")
-        if self.eval_image_size is not None and self.eval_image_size < 8:
-            raise InputError(f"eval_image_size: {self.eval_image_size!r} is not allowed, allowed >= 8")
+        check_number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True, optional=True)
+        check_number("eval_image_size", self.eval_image_size, low=8, integer=True, optional=True)
 
     @classmethod
     def for_member(cls, member: str, **overrides: Any) -> ProgressiveConfig:

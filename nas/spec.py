@@ -13,11 +13,10 @@ grammar of the reference code::
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
-from nas.errors import InputError
+from nas.errors import InputError, check_number
 
 SCHEMA_VERSION = 1
 OPERATORS = ("mbconv", "fused_mbconv")
@@ -30,19 +29,11 @@ class SpecError(InputError):
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    # bool is an int subclass; "layers": true is a typo, not 1
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise SpecError(f"{name}: expected an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise SpecError(f"{name}: {value} is out of range, allowed {allowed}")
+    check_number(name, value, low=low, high=high, integer=True, error=SpecError)
 
 
 def _check_float(name: str, value: Any, low: float, high: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise SpecError(f"{name}: expected a number, got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(f"{name}: {value} is out of range, allowed [{low}, {high}]")
+    check_number(name, value, low=low, high=high, error=SpecError)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from nas.errors import InputError, check_ints
+from nas.errors import check_ints, check_number
 from nas.lock import DeviceLock, file_lock
 from nas.model import build
 from nas.spec import NetworkSpec
@@ -40,8 +40,7 @@ class TimingConfig:
 
     def __post_init__(self) -> None:
         check_ints(self, (("batch_size", 1), ("warmup", 0), ("steps", 3)))
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
-            raise InputError(f"image_size: {self.image_size!r} is not allowed, allowed an integer >= 16 or null")
+        check_number("image_size", self.image_size, low=16, integer=True, optional=True)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.data import Dataset
-from nas.errors import InputError, check_ints
+from nas.errors import InputError, check_ints, check_number
 from nas.model import build
 from nas.pipeline import DeviceData
 from nas.spec import NetworkSpec
@@ -53,11 +53,9 @@ class OptimizerConfig:
             raise InputError(f"optimizer: {self.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
         for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
                                 ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-                raise InputError(f"{name}: {value!r} is not allowed, allowed a number in [{low}, {high}]")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise InputError(f"threads: {self.threads!r} is not allowed, allowed an integer >= 1 or null")
+            check_number(name, getattr(self, name), low=low, high=high)
+        check_number("seed", self.seed, integer=True)
+        check_number("threads", self.threads, low=1, integer=True, optional=True)
 
 
 @dataclass(frozen=True)

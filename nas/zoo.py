@@ -1,7 +1,8 @@
 """The registry: official EfficientNet / EfficientNetV2 tables as literal data.
 
 These are golden fixtures (tests check their exact parameter counts); scaling rules live in
-:mod:`nas.scaling`, never here.
+:mod:`nas.scaling`, never here. The S / M / L image sizes and dropout are the family members' settings
+(:data:`nas.scaling.MEMBERS`), written once there.
 
     >>> get("efficientnetv2-s").eval_image_size
     384
@@ -9,6 +10,7 @@ These are golden fixtures (tests check their exact parameter counts); scaling ru
 
 from __future__ import annotations
 
+from nas.scaling import member_settings
 from nas.spec import NetworkSpec, SpecError
 
 _TABLES: dict[str, dict] = {
@@ -46,9 +48,7 @@ _TABLES: dict[str, dict] = {
     "efficientnetv2-s": dict(
         stem_channels=24,
         head_channels=1280,
-        train_image_size=300,
-        eval_image_size=384,
-        dropout=0.2,
+        member="s",  # image sizes and dropout: nas.scaling.MEMBERS
         blocks=[
             "r2_k3_s1_e1_i24_o24_c1",
             "r4_k3_s2_e4_i24_o48_c1",
@@ -61,9 +61,7 @@ _TABLES: dict[str, dict] = {
     "efficientnetv2-m": dict(
         stem_channels=24,
         head_channels=1280,
-        train_image_size=384,
-        eval_image_size=480,
-        dropout=0.3,
+        member="m",  # image sizes and dropout: nas.scaling.MEMBERS
         blocks=[
             "r3_k3_s1_e1_i24_o24_c1",
             "r5_k3_s2_e4_i24_o48_c1",
@@ -77,9 +75,7 @@ _TABLES: dict[str, dict] = {
     "efficientnetv2-l": dict(
         stem_channels=32,
         head_channels=1280,
-        train_image_size=384,
-        eval_image_size=480,
-        dropout=0.4,
+        member="l",  # image sizes and dropout: nas.scaling.MEMBERS
         blocks=[
             "r4_k3_s1_e1_i32_o32_c1",
             "r7_k3_s2_e4_i32_o64_c1",
@@ -101,4 +97,6 @@ def get(name: str, num_classes: int = 1000) -> NetworkSpec:
         raise SpecError(f"spec: unknown registry name {name!r}, allowed {', '.join(NAMES)} or a path to a spec JSON")
     table = dict(_TABLES[name])
     blocks = table.pop("blocks")
+    if "member" in table:
+        table.update(member_settings(table.pop("member")))
     return NetworkSpec.from_block_strings(name, blocks=blocks, num_classes=num_classes, **table)

@@ -15,18 +15,25 @@ from typing import Any
 
 DEFAULT_W = -0.07
 DEFAULT_V = -0.05
+DEFAULT_OPTIONS: dict[str, dict[str, float]] = {"paper": {"w": DEFAULT_W, "v": DEFAULT_V}}  # what a config without options gets
 
 
 class RewardError(ValueError):
     """An invalid reward input or option; the message names the value."""
 
 
+def _number(name: str, value: Any, positive: bool = False, unit: bool = False) -> None:
+    # Own check, same rules as nas.errors.check_number (bools, NaN, inf rejected): rewards import nothing of ours
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0) or (unit and not 0 <= value <= 1):
+        allowed = "a number in [0, 1]" if unit else "a finite number > 0" if positive else "a finite number"
+        raise RewardError(f"{name}: {value!r} is not allowed, allowed {allowed}")
+
+
 def _check(accuracy: float, step_time: float, params: float) -> None:
-    if not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy) or not 0.0 <= accuracy <= 1.0:
-        raise RewardError(f"accuracy: {accuracy!r} is not allowed, allowed a number in [0, 1]")
-    for name, value in (("step_time", step_time), ("params", params)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise RewardError(f"{name}: {value!r} is not allowed, allowed a finite number > 0")
+    _number("accuracy", accuracy, unit=True)
+    _number("step_time", step_time, positive=True)
+    _number("params", params, positive=True)
 
 
 def paper(accuracy: float, step_time: float, params: float, w: float = DEFAULT_W, v: float = DEFAULT_V) -> float:
@@ -53,8 +60,7 @@ def constrained(
         (0.9, 0.45)
     """
     _check(accuracy, step_time, params)
-    if not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
-        raise RewardError(f"target: {target!r} is not allowed, allowed a finite number > 0")
+    _number("target", target, positive=True)
     exponent = alpha if step_time <= target else beta
     return float(accuracy * (step_time / target) ** exponent)
 
@@ -83,8 +89,7 @@ def get_reward(name: str, **options: Any) -> Callable[[float, float, float], flo
     if unknown:
         raise RewardError(f"reward {name}: unknown option(s) {', '.join(unknown)}, allowed {', '.join(allowed) or 'none'}")
     for key, value in options.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise RewardError(f"reward {name}: {key}={value!r} is not a finite number")
+        _number(f"reward {name}: {key}", value)
     function = REWARDS[name]
     return lambda a, s, p: function(a, s, p, **options)
 

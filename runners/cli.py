@@ -13,6 +13,7 @@ import sys
 from typing import Any, NoReturn
 
 from nas.errors import InputError
+from rewards import DEFAULT_V, DEFAULT_W
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,9 +129,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     backbone = load_spec(args.backbone) if args.backbone else spec
-    train = TrainConfig(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
-                        threads=args.threads)
-    timing = TimingConfig(batch_size=args.timing_batch_size, image_size=args.timing_image_size, steps=args.timing_steps)
+    # flags left out (None) keep the dataclasses' defaults: the one source of evaluate's defaults
+    train = TrainConfig(**{k: v for k, v in dict(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+                                                  seed=args.seed, threads=args.threads).items() if v is not None})
+    timing = TimingConfig(**{k: v for k, v in dict(batch_size=args.timing_batch_size, image_size=args.timing_image_size,
+                                                   steps=args.timing_steps).items() if v is not None})
 
     def progress(epoch: int, m: dict) -> bool:
         print(f"epoch {epoch}/{train.epochs}: val accuracy {m['val_accuracy']:.4f}  val loss {m['val_loss']:.4f}  "
@@ -320,16 +323,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="proxy-train one spec, time its training step, count it")
     p.add_argument("spec", help="registry name or spec JSON")
     p.add_argument("--data", default="digits", help="digits (built in) or a path: IDX dir, CIFAR dir, image folder, .npz")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--image-size", type=_positive_int, default=32, help="proxy training image size (default 32)")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=_positive_int, help="proxy training epochs (default: TrainConfig's)")
+    p.add_argument("--image-size", type=_positive_int, help="proxy training image size (default: TrainConfig's)")
+    p.add_argument("--batch-size", type=_positive_int, help="default: TrainConfig's")
+    p.add_argument("--seed", type=int, help="default: TrainConfig's")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--backbone", help="reference spec for S and P (default: the spec itself)")
-    p.add_argument("--timing-batch-size", type=_positive_int, default=32)
+    p.add_argument("--timing-batch-size", type=_positive_int, help="default: TimingConfig's")
     p.add_argument("--timing-image-size", type=_positive_int, help="default: the reference's training image size")
-    p.add_argument("--timing-steps", type=_positive_int, default=10)
+    p.add_argument("--timing-steps", type=_positive_int, help="default: TimingConfig's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -348,8 +351,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--objective", help="reward (default) or multi (maximize A, minimize S and P)")
     p.add_argument("--reward", help="paper (default), constrained, accuracy")
-    p.add_argument("--w", type=_finite_float, help="step-time exponent of the paper reward (default -0.07)")
-    p.add_argument("--v", type=_finite_float, help="params exponent of the paper reward (default -0.05)")
+    p.add_argument("--w", type=_finite_float, help=f"step-time exponent of the paper reward (default {DEFAULT_W})")
+    p.add_argument("--v", type=_finite_float, help=f"params exponent of the paper reward (default {DEFAULT_V})")
     p.add_argument("--pruner", help="none (default) or asha (successive halving on per-epoch accuracy)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--image-size", type=_positive_int)

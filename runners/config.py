@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nas.errors import InputError, check_ints
+from nas.errors import InputError, check_ints, check_number
 from nas.io import load_config_file
 from nas.timing import TimingConfig
 from nas.train import TrainConfig
-from rewards import REWARD_OPTIONS, RewardError, get_reward
+from rewards import DEFAULT_OPTIONS, REWARD_OPTIONS, RewardError, get_reward
 from search_spaces import SAMPLERS
 
 OBJECTIVES = ("reward", "multi")
@@ -43,7 +43,7 @@ class SweepConfig:
     sampler: str = "tpe"
     seed: int = 0
     objective: str = "reward"
-    reward: dict[str, Any] = field(default_factory=lambda: {"name": "paper", "w": -0.07, "v": -0.05})
+    reward: dict[str, Any] = field(default_factory=lambda: {"name": "paper", **DEFAULT_OPTIONS["paper"]})
     pruner: str = "none"
     storage: str | None = None
     address: str | None = None
@@ -57,10 +57,9 @@ class SweepConfig:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", self.name):
             raise InputError(f"name: {self.name!r} is not allowed, allowed letters, digits, '_', '.', '-'")
         check_ints(self, (("n_trials", 1), ("max_concurrent", 1)))
-        if not isinstance(self.cpus_per_trial, (int, float)) or self.cpus_per_trial <= 0:
-            raise InputError(f"cpus_per_trial: {self.cpus_per_trial!r} is not allowed, allowed a number > 0")
-        if not isinstance(self.gpus_per_trial, (int, float)) or not 0 <= self.gpus_per_trial <= 8:
-            raise InputError(f"gpus_per_trial: {self.gpus_per_trial!r} is not allowed, allowed a number in [0, 8] (fractions share a GPU)")
+        check_number("cpus_per_trial", self.cpus_per_trial, low=0, low_open=True)
+        check_number("gpus_per_trial", self.gpus_per_trial, low=0, high=8, note=" (fractions share a GPU)")
+        check_number("seed", self.seed, integer=True)
         if self.sampler not in SAMPLERS:
             raise InputError(f"sampler: {self.sampler!r} is not allowed, allowed {', '.join(SAMPLERS)}")
         if self.objective not in OBJECTIVES:
@@ -143,7 +142,7 @@ def resolve_config(path: str | None, overrides: dict[str, Any]) -> SweepConfig:
         if not isinstance(reward, dict):
             raise InputError("reward: expected a name or a mapping")
         name = reward.get("name", "paper")
-        defaults = {"paper": {"w": -0.07, "v": -0.05}}.get(name, {})
+        defaults = DEFAULT_OPTIONS.get(name, {})
         allowed = set(REWARD_OPTIONS.get(name, ())) | {"name"}
         data["reward"] = {"name": name, **defaults, **{k: v for k, v in reward.items() if k in allowed or name not in REWARD_OPTIONS}}
         extra = sorted(set(reward) - allowed) if name in REWARD_OPTIONS else []

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nas.errors import InputError
+from nas.errors import InputError, check_number
 from nas.io import load_config_file, load_spec
-from nas.model import _conv_bn_params, count_stage_params
+from nas.model import count_fixed_params, count_stage_params
 from nas.spec import KERNELS, OPERATORS, NetworkSpec, StageSpec
 
 DEFAULT_BACKBONE = "efficientnetv2-b0"
@@ -58,13 +58,10 @@ class StageChoices:
             if len(set(values)) != len(values):
                 raise InputError(f"{name}: {list(values)} repeats a choice")
         for name in ("min_layers", "max_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
-                raise InputError(f"{name}: {value!r} is not allowed, allowed an integer in [1, 100]")
+            check_number(name, getattr(self, name), low=1, high=100, integer=True)
         if self.min_layers > self.max_layers:
             raise InputError(f"layers: min {self.min_layers} > max {self.max_layers}")
-        if self.se_ratio is not None and (not isinstance(self.se_ratio, (int, float)) or not 0 <= self.se_ratio <= 1):
-            raise InputError(f"se_ratio: {self.se_ratio!r} is not allowed, allowed a number in [0, 1] or null")
+        check_number("se_ratio", self.se_ratio, low=0, high=1, optional=True)
 
     def count(self) -> int:
         """Distinct stage configurations."""
@@ -112,8 +109,7 @@ class SearchSpace:
         spec_source = backbone or config.get("backbone", DEFAULT_BACKBONE)
         spec = load_spec(spec_source) if isinstance(spec_source, str) else spec_source
         delta = config.get("layers_delta", 1)
-        if not isinstance(delta, int) or isinstance(delta, bool) or delta < 0:
-            raise InputError(f"layers_delta: {delta!r} is not allowed, allowed an integer >= 0")
+        check_number("layers_delta", delta, low=0, integer=True)
         defaults = _stage_overrides("defaults", config.get("defaults") or {})
         per_stage = config.get("stages") or {}
         if isinstance(per_stage, list):
@@ -182,12 +178,7 @@ class SearchSpace:
 
     def param_range(self) -> tuple[int, int]:
         """(smallest, largest) parameter count in the space: stages add up independently."""
-        spec = self.backbone
-        fixed = (
-            _conv_bn_params(3, spec.stem_channels, 3)
-            + _conv_bn_params(spec.stages[-1].output_channels, spec.head_channels, 1)
-            + spec.head_channels * spec.num_classes + spec.num_classes
-        )
+        fixed = count_fixed_params(self.backbone)
         per_stage = [[count_stage_params(s) for s in self.stage_options(n)] for n in range(1, len(self.stages) + 1)]
         return fixed + sum(min(p) for p in per_stage), fixed + sum(max(p) for p in per_stage)
 

@@ -51,6 +51,13 @@ def nas_cli():
     return run_nas
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test using ``finished_sweep`` (which starts Ray) is slow, whatever its module says."""
+    for item in items:
+        if "finished_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def finished_sweep(tmp_path_factory) -> Path:
     """A small real sweep on digits (5 trials, 1 epoch), shared by the read-only tests."""

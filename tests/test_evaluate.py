@@ -1,14 +1,20 @@
 """Real proxy training on the bundled digits (CPU)."""
 
+import json
+import subprocess
+import sys
+import time
+
 import torch
 
 from nas.data import load_dataset
 from nas.lock import DeviceLock
-from nas.timing import TimingConfig, measure_step_time
+from nas.model import count_spec_params
+from nas.timing import ReferenceCache, TimingConfig, measure_step_time
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
 from runners.evaluate import evaluate_candidate
-from tests.conftest import run_nas
+from tests.conftest import ROOT, run_nas
 
 TINY_TIMING = TimingConfig(batch_size=8, image_size=32, warmup=1, steps=3)
 
@@ -55,19 +61,100 @@ def test_non_finite_loss_is_a_failure():
     assert result.failure is not None and "non-finite loss" in result.failure and result.epochs_run == 0
 
 
-def test_record_fields_and_normalization():
-    record = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", TrainConfig(epochs=1, image_size=16, threads=2), TINY_TIMING)
+def test_record_fields_and_normalization_against_another_backbone(tmp_path):
+    """S and P are the candidate's over the *backbone's*: a planted reference time for the backbone must be the divisor."""
+    candidate, backbone = get("efficientnetv2-b0", 10), get("efficientnet-b0", 10)
+    timing = TimingConfig(batch_size=5, image_size=32, warmup=1, steps=3)  # settings no other test uses: no cached entry
+    torch.set_num_threads(2)  # the cache key holds the thread count evaluate_candidate will set
+    cache = ReferenceCache(tmp_path / "reference.json")
+    planted = 1234.5  # ms; no real 5-image step on this machine takes that long, so a measured value would differ
+    (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu"): planted}))
+    record = evaluate_candidate(candidate, "digits", TrainConfig(epochs=1, image_size=16, threads=2), timing,
+                                backbone=backbone, reference_cache=cache)
     for key in ("accuracy", "val_loss", "curve", "step_time_ms", "step_time_iqr_ms", "normalized_step_time", "params",
                 "macs", "peak_memory_mb", "throughput_img_s", "device", "torch_version", "wall_seconds", "seed"):
         assert key in record, key
-    assert record["status"] == "ok" and record["params"] == record["reference_params"]
-    assert record["normalized_step_time"] == record["step_time_ms"] / record["reference_step_time_ms"]
+    assert record["status"] == "ok" and record["backbone"] == "efficientnet-b0"
+    assert record["reference_step_time_ms"] == planted
+    assert record["normalized_step_time"] == record["step_time_ms"] / planted
+    assert record["params"] == count_spec_params(candidate) and record["reference_params"] == count_spec_params(backbone)
+    assert record["normalized_params"] == count_spec_params(candidate) / count_spec_params(backbone) != 1.0
 
 
-def test_step_time_median_and_lock():
+def test_step_time_median():
     t = measure_step_time(get("efficientnetv2-b0", 10), TINY_TIMING, "cpu", DeviceLock("test-cpu"))
     assert len(t.samples_ms) == 3 and min(t.samples_ms) <= t.median_ms <= max(t.samples_ms)
     assert t.images_per_second > 0
+
+
+TRAINER = """
+import os, sys, time
+from nas.lock import DeviceLock
+lock, log, stop = DeviceLock("test-device", sys.argv[1]), sys.argv[2], sys.argv[3]
+def note(text):
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, (text + "\\n").encode())  # one small O_APPEND write: lines of two processes never interleave
+    os.close(fd)
+step = 0
+while not os.path.exists(stop):
+    note(f"request {step}")
+    with lock.shared():
+        note(f"start {step}")
+        time.sleep(0.01)
+        note(f"end {step}")
+    step += 1
+"""
+
+
+def _wait_for(log, condition, what):
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if condition(lines):
+            return lines
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}: {lines[-5:]}")
+
+
+def test_timer_excludes_trainer_steps_in_another_process(tmp_path):
+    """A trainer process takes the lock shared per step; this process (the timer) takes it exclusive meanwhile.
+
+    Ordering, not speed: while the timer holds the lock, the trainer logs a request and no step runs; that step
+    starts only after the timer's release. The timer got the lock at all while steps kept coming (writer preference).
+    """
+    log, stop = tmp_path / "events.log", tmp_path / "stop"
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(tmp_path / "locks"), str(log), str(stop)], cwd=ROOT)
+    try:
+        _wait_for(log, lambda lines: sum(line.startswith("end") for line in lines) >= 3, "the trainer's first steps")
+        with DeviceLock("test-device", tmp_path / "locks").exclusive():
+            _note(log, "timer holds")
+            _wait_for(log, lambda lines: _pending(lines) is not None, "a trainer step waiting on the lock")
+            time.sleep(0.5)  # room for a broken lock to let that step start
+            _note(log, "timer releases")
+        _wait_for(log, lambda lines: any(line.startswith("start") for line in lines[lines.index("timer releases"):]),
+                  "a step after the release")
+    finally:
+        stop.touch()
+        trainer.wait(timeout=120)
+    lines = log.read_text().splitlines()
+    hold, release = lines.index("timer holds"), lines.index("timer releases")
+    assert not [line for line in lines[hold:release] if line.startswith(("start", "end"))]  # no step ran while held
+    waiting = _pending(lines[:release])  # requested, not started, when the timer let go
+    assert waiting is not None
+    assert next(line for line in lines[release:] if line.startswith("start")) == f"start {waiting}"
+    assert sum(line.startswith("end") for line in lines[:hold]) >= 3  # steps ran before the timer came
+
+
+def _pending(lines):
+    """The step the trainer last requested if it has not started yet, else None."""
+    requests = [line.split()[1] for line in lines if line.startswith("request")]
+    return int(requests[-1]) if requests and f"start {requests[-1]}" not in lines else None
+
+
+def _note(log, text):
+    with open(log, "a") as handle:
+        handle.write(text + "\n")
+    return log.read_text().splitlines()
 
 
 def test_evaluate_cli_json():

@@ -73,18 +73,19 @@ def test_one_training_step_at_32():
 
 def test_block_semantics_fused_expansion_one_has_no_projection():
     model = build(get("efficientnetv2-s"))
-    first = model.blocks[0]  # fused, e=1, 24->24: one conv+BN+SiLU, identity SE
+    first = model.stages[0][0]  # fused, e=1, 24->24: one conv+BN+SiLU, identity SE
     convs = [m for m in first.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 1 and convs[0].kernel_size == (3, 3)
+    assert isinstance(first.conv_pwl, torch.nn.Identity) and isinstance(first.se, torch.nn.Identity)
     assert first.use_residual
 
 
 def test_stochastic_depth_grows_linearly():
     spec = get("efficientnetv2-b0")
     model = build(spec)
-    probs = [getattr(b.drop, "p", 0.0) for b in model.blocks]
+    probs = [getattr(b.drop_path, "p", 0.0) for b in model.blocks()]
     n = spec.total_blocks
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(model.blocks()):
         if block.use_residual:
             assert probs[i] == pytest.approx(spec.stochastic_depth * i / n)
 
@@ -106,3 +107,56 @@ def test_analytic_param_count_equals_built(name):
     from nas.model import count_spec_params
 
     assert count_spec_params(get(name)) == OFFICIAL_PARAMS[name]
+
+
+def test_named_nested_modules_like_timm():
+    spec = get("efficientnetv2-b0", num_classes=10)
+    model = build(spec)
+    assert model.spec == spec
+    assert [len(stage) for stage in model.stages] == [s.layers for s in spec.stages]
+    keys = model.state_dict().keys()
+    # fused stage: conv_exp (+ conv_pwl when e != 1); MBConv stage: conv_pw, conv_dw, se, conv_pwl
+    assert "stages.1.0.conv_exp.conv.weight" in keys and "stages.1.0.conv_pwl.bn.weight" in keys
+    for name in ("conv_pw.conv", "conv_dw.conv", "se.conv_reduce", "se.conv_expand", "conv_pwl.conv"):
+        assert f"stages.3.0.{name}.weight" in keys
+    assert model.stages[3][0].conv_dw.conv.groups == model.stages[3][0].conv_dw.conv.in_channels
+    assert not any(key.startswith("blocks.") for key in keys)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_plans_describe_the_built_convolutions(name):
+    """Every conv the plan lists is built with exactly those shapes, in forward order (SE convs aside)."""
+    from nas.model import plan_stage
+
+    spec = get(name)
+    model = build(spec)
+    planned = [(c.in_channels, c.out_channels, c.kernel, c.stride, c.groups)
+               for stage in spec.stages for plan in plan_stage(stage) for c in plan.convs]
+    built = [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.groups)
+             for stage in model.stages for m in stage.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.bias is None]  # the SE convs carry a bias
+    assert built == planned
+
+
+def test_load_checkpoint_rebuilds_from_the_stored_spec(tmp_path):
+    import json
+
+    from nas.errors import InputError
+    from nas.model import load_checkpoint
+    from nas.scaling import scale
+
+    spec = scale(get("efficientnetv2-b0", num_classes=5), 0.5, 0.5)  # not a registry spec: only the file knows it
+    model = build(spec).eval()
+    identity = json.dumps({"spec": spec.to_dict(), "config": {}, "data": "digits"})
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"identity": identity, "model": model.state_dict(), "ema": {}}, path)
+    loaded = load_checkpoint(path).eval()
+    assert loaded.spec == spec
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    with pytest.raises(InputError, match="no EMA weights"):
+        load_checkpoint(path, ema=True)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")

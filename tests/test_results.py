@@ -1,6 +1,7 @@
 """Re-scoring and export on a real finished sweep (no retraining)."""
 
 import json
+import shutil
 
 import optuna
 import pytest
@@ -70,13 +71,17 @@ def test_export_pareto_writes_loadable_files(finished_sweep, tmp_path):
         assert load_spec(path).stages
 
 
-def test_export_bad_input(finished_sweep, tmp_path):
+def test_export_bad_input(finished_sweep, tmp_path, request):
+    assert request.node.get_closest_marker("slow")  # conftest marks every user of the Ray-starting fixture slow
     assert_one_line_error(run_nas("export", tmp_path / "missing", "-o", tmp_path / "a.json"), "does not exist")
     assert_one_line_error(run_nas("export", finished_sweep, "--trial", "999", "-o", tmp_path / "a.json"), "999")
-    # a failed trial: add one to the study for real, then try to export it
-    run = open_run(finished_sweep)
+    # a failed trial: add one for real to a copy of the session-wide sweep (others read the original), then export it
+    shared_trials = len(open_run(finished_sweep).study.trials)
+    copy = shutil.copytree(finished_sweep, tmp_path / "copy")
+    run = open_run(copy)
     trial = run.study.ask()
     trial.set_user_attr("failure_reason", "RuntimeError: boom")
     run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    assert_one_line_error(run_nas("export", finished_sweep, "--trial", str(trial.number), "-o", tmp_path / "a.json"), "FAIL")
+    assert_one_line_error(run_nas("export", copy, "--trial", str(trial.number), "-o", tmp_path / "a.json"), "FAIL")
     assert not (tmp_path / "a.json").exists()
+    assert len(open_run(finished_sweep).study.trials) == shared_trials
