@@ -3,8 +3,9 @@
 smoothing, precision, layout, compile) on a fixed batch, warm-up excluded, median.
 
 CUDA events on a GPU; ``perf_counter`` on CPU (CPU kernels are synchronous). Trials that share a
-device coordinate through :class:`DeviceLock`: training holds it shared per step, timing holds it
-exclusive, so a neighbour's training cannot inflate a measurement (FINDINGS: 3.5x on 2 cores).
+device coordinate through :class:`~nas.lock.DeviceLock`: training holds it shared (and drains its
+CUDA stream before yielding), timing holds it exclusive, so a neighbour's training cannot inflate a
+measurement (FINDINGS: 3.5x on 2 cores).
 
     >>> from nas.zoo import get
     >>> t = measure_step_time(get("efficientnetv2-b0", 10), TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3))
