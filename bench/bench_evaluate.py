@@ -1,8 +1,9 @@
-"""Candidate evaluation benchmark (issue 4), all figures from one run:
+"""Candidate evaluation benchmark (issues 4 and 13), all figures from one run:
 
-1. images/s of the proxy trainer against a minimal hand-written PyTorch loop over in-memory tensors
-   (same model, data, batch size, image size, optimizer; target ratio >= 0.95);
-2. coefficient of variation of 5 repeated step-time measurements of one spec;
+1. images/s of the proxy trainer (the shared ``TrainStep``, no host sync per step) against a minimal
+   hand-written PyTorch loop over in-memory tensors (same model, data, batch size, image size,
+   optimizer; target ratio >= 0.95);
+2. coefficient of variation of 5 repeated step-time measurements of one spec (timing the trainer's step);
 3. Spearman rank correlation of two timing passes over 8 diverse specs (target >= 0.9).
 
     python bench/bench_evaluate.py [--data ../shared/data/cifar10/cifar-10-batches-py]
@@ -82,7 +83,7 @@ def main() -> None:
     print(f"throughput: proxy trainer {ours:.1f} img/s, minimal loop {baseline:.1f} img/s, ratio {ours / baseline:.3f}", flush=True)
 
     timing = TimingConfig(batch_size=args.timing_batch_size, image_size=args.timing_image_size, warmup=3, steps=10)
-    repeats = [measure_step_time(spec, timing, device).median_ms for _ in range(5)]
+    repeats = [measure_step_time(spec, timing, device, train=config).median_ms for _ in range(5)]
     cv = statistics.pstdev(repeats) / statistics.fmean(repeats)
     print(f"step time of {spec.name}, 5 measurements: {[round(r, 1) for r in repeats]} ms, CV {cv:.3%}", flush=True)
 
@@ -94,7 +95,7 @@ def main() -> None:
         trial = study.ask()
         specs.append(space.suggest(trial).with_classes(ds.num_classes))
         study.tell(trial, 0.0)
-    passes = [[measure_step_time(s, timing, device).median_ms for s in specs] for _ in range(2)]
+    passes = [[measure_step_time(s, timing, device, train=config).median_ms for s in specs] for _ in range(2)]
     rho = pd.Series(passes[0]).corr(pd.Series(passes[1]), method="spearman")
     print(f"8 specs, two passes (ms): {[round(x) for x in passes[0]]} / {[round(x) for x in passes[1]]}; Spearman {rho:.3f}")
     print(json.dumps({"machine": platform.node(), "device": str(device), "torch": torch.__version__, "threads": args.threads,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from nas.data import Dataset
 from nas.errors import InputError
@@ -25,7 +24,8 @@ from nas.pipeline import DeviceData
 from nas.regularize import EMA, mixup, randaugment
 from nas.schedule import ProgressiveConfig, Stage, schedule
 from nas.spec import NetworkSpec
-from nas.train import autocast, evaluate, make_optimizer, pick_device, seed_everything, warmup_cosine
+from nas.step import TrainStep
+from nas.train import NonFiniteLoss, evaluate, pick_device, seed_everything, warmup_cosine
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -52,10 +52,8 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
     data_dev = DeviceData(*data.split_validation(config.validation_fraction, seed=0), device=torch_device)
     data_dev.add_split("test", data.test_images, data.test_labels)
     seed_everything(config.seed, torch_device.type == "cpu")
-    model = build(spec).to(torch_device)
-    if torch_device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
+    step = TrainStep(build(spec), config, torch_device)  # the same step as proxy training and timing
+    model, optimizer = step.model, step.optimizer
     steps_per_epoch = max(1, len(data_dev.train_labels) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.epochs * steps_per_epoch,
                                                                            int(config.warmup_epochs * steps_per_epoch)))
@@ -87,27 +85,18 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
         log(f"stage {stage.index + 1}/{len(plan)}: epochs {stage.first_epoch}-{stage.last_epoch}, image {stage.image_size}, "
             f"dropout {stage.dropout:.3f}, RandAugment {stage.randaugment:.1f}, mixup {stage.mixup:.2f}")
         for epoch in range(max(stage.first_epoch, start_epoch), stage.last_epoch + 1):
-            begin, loss_sum, seen = time.perf_counter(), 0.0, 0
+            begin = time.perf_counter()
             model.train()
             for x, y in data_dev.train_batches(config.batch_size, stage.image_size, generator, augment=augment):
-                if torch_device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
                 x, y_a, y_b, lam = mixup(x, y, stage.mixup, generator) if stage.mixup > 0 else (x, y, y, 1.0)
-                with autocast(torch_device):
-                    logits = model(x)
-                    loss = lam * F.cross_entropy(logits, y_a, label_smoothing=config.label_smoothing)
-                    if lam < 1.0:
-                        loss = loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=config.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"non-finite loss at epoch {epoch}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                step(x, y_a, y_b, lam)
                 scheduler.step()
                 if ema is not None:
                     ema.update(model)
-                loss_sum += float(loss.detach()) * len(y)
-                seen += len(y)
+            stats = step.drain_stats()  # one host sync per epoch
+            if not stats.finite:
+                raise NonFiniteLoss(f"non-finite loss at epoch {epoch}")
+            loss_sum, seen = stats.loss_sum, stats.samples
             seconds = time.perf_counter() - begin
             train_seconds += seconds
             evaluated = ema.model if ema is not None else model

@@ -1,8 +1,11 @@
-"""Training step time: forward + backward + optimizer step on a fixed batch, warm-up excluded, median.
+"""Training step time: the trial's own training step (:class:`nas.step.TrainStep`, built by
+:func:`nas.train.make_step` from the trial's train config: same optimizer, parameter groups, label
+smoothing, precision, layout, compile) on a fixed batch, warm-up excluded, median.
 
 CUDA events on a GPU; ``perf_counter`` on CPU (CPU kernels are synchronous). Trials that share a
-device coordinate through :class:`DeviceLock`: training holds it shared per step, timing holds it
-exclusive, so a neighbour's training cannot inflate a measurement (FINDINGS: 3.5x on 2 cores).
+device coordinate through :class:`~nas.lock.DeviceLock`: training holds it shared (and drains its
+CUDA stream before yielding), timing holds it exclusive, so a neighbour's training cannot inflate a
+measurement (FINDINGS: 3.5x on 2 cores).
 
     >>> from nas.zoo import get
     >>> t = measure_step_time(get("efficientnetv2-b0", 10), TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3))
@@ -13,20 +16,23 @@ exclusive, so a neighbour's training cannot inflate a measurement (FINDINGS: 3.5
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
 import statistics
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from nas.errors import check_ints, check_number
-from nas.lock import DeviceLock, file_lock
-from nas.model import build
+from nas.lock import DeviceLock, device_id, file_lock, lock_path
 from nas.spec import NetworkSpec
+from nas.step import TrainStep
+from nas.train import OptimizerConfig, TrainConfig, make_step
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class StepTime:
     samples_ms: tuple[float, ...]
     batch_size: int
     image_size: int
+    step: dict = field(default_factory=dict, compare=False)  # TrainStep.describe() of the step that was timed
 
     @property
     def images_per_second(self) -> float:
@@ -66,84 +73,90 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu-{torch.get_num_threads()}threads"
 
 
+def timing_step(spec: NetworkSpec, train: OptimizerConfig, device: str | torch.device) -> TrainStep:
+    """The step that timing measures: :func:`nas.train.make_step`, the very function proxy training builds its step with."""
+    return make_step(spec, train, device)
+
+
 def measure_step_time(spec: NetworkSpec, config: TimingConfig = TimingConfig(), device: str | torch.device = "cpu",
-                      lock: DeviceLock | None = None) -> StepTime:
-    """Median time of a full training step of ``build(spec)`` (AdamW, as in proxy training)."""
+                      lock: DeviceLock | None = None, train: OptimizerConfig = TrainConfig()) -> StepTime:
+    """Median time of the training step of ``build(spec)`` as ``train`` configures it (optimizer, groups, loss, compile)."""
     device = torch.device(device)
     size = config.image_size or spec.train_image_size
     generator = torch.Generator().manual_seed(0)
-    model = build(spec).to(device).train()
+    step = timing_step(spec, train, device)
     x = torch.randn(config.batch_size, 3, size, size, generator=generator).to(device)
     y = torch.randint(0, spec.num_classes, (config.batch_size,), generator=generator).to(device)
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-
+    # a compiled step compiles on its first call: never time that one
+    warmup = config.warmup + (1 if step.compiled and config.warmup == 0 else 0)
     samples: list[float] = []
     with lock.exclusive() if lock else contextlib.nullcontext():
-        for _ in range(config.warmup):
-            step()
+        for _ in range(warmup):
+            step(x, y)
         if cuda:
             torch.cuda.synchronize(device)
             events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(config.steps)]
             for start, end in events:
                 start.record()
-                step()
+                step(x, y)
                 end.record()
-            torch.cuda.synchronize(device)
+            torch.cuda.synchronize(device)  # drained before the exclusive hold ends
             samples = [start.elapsed_time(end) for start, end in events]
         else:
-            import time
-
             for _ in range(config.steps):
                 begin = time.perf_counter()
-                step()
+                step(x, y)
                 samples.append((time.perf_counter() - begin) * 1000.0)
     median = statistics.median(samples)
     q = statistics.quantiles(samples, n=4)
     cv = statistics.pstdev(samples) / statistics.fmean(samples)
-    return StepTime(median, q[2] - q[0], cv, tuple(samples), config.batch_size, size)
+    return StepTime(median, q[2] - q[0], cv, tuple(samples), config.batch_size, size, step.describe())
 
 
 class ReferenceCache:
-    """Reference (backbone) step times, cached in memory and optionally in a JSON file (a run directory)
-    keyed by host, device, threads, backbone and timing settings, so S compares across machines."""
+    """Reference (backbone) step times, cached per instance in memory and optionally in a JSON file (a run
+    directory), keyed by everything that changes the number, so S compares only like with like.
 
-    _memory: dict[str, float] = {}
+        >>> cache = ReferenceCache()
+        >>> from nas.zoo import get
+        >>> "|warmup=" in cache.key(get("efficientnetv2-b0", 10), TimingConfig(), "cpu", TrainConfig())
+        True
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path else None
+        self.memory: dict[str, float] = {}
 
-    def key(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str) -> str:
+    def key(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str,
+            train: OptimizerConfig = TrainConfig()) -> str:
+        device = torch.device(device)
         size = config.image_size or backbone.train_image_size
-        return f"{socket.gethostname()}|{device_name(device)}|{backbone.key()}|c{backbone.num_classes}|b{config.batch_size}|s{size}"
+        parts = {"host": socket.gethostname(), "device": device_id(device), "threads": torch.get_num_threads(),
+                 "dtype": "bfloat16" if device.type == "cuda" else "float32", "torch": torch.__version__,
+                 "spec": backbone.key(), "classes": backbone.num_classes, "batch": config.batch_size, "size": size,
+                 "warmup": config.warmup, "steps": config.steps, "optimizer": train.optimizer,
+                 "momentum": train.momentum if train.optimizer == "sgd" else None, "weight_decay": train.weight_decay,
+                 "compile": getattr(train, "compile", False)}
+        return "|".join(f"{name}={value}" for name, value in parts.items())
 
-    def get(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, lock: DeviceLock | None = None) -> float:
-        key = self.key(backbone, config, device)
-        if key in self._memory:
-            return self._memory[key]
-        if self.path and self.path.is_file():
-            stored = _read_json(self.path)
-            if key in stored:
-                self._memory[key] = float(stored[key])
-                return self._memory[key]
-        median = measure_step_time(backbone, config, device, lock).median_ms
-        self._memory[key] = median
-        if self.path:
-            with file_lock(self.path.with_suffix(".lock")):
-                stored = _read_json(self.path) if self.path.is_file() else {}
-                stored[key] = median
+    def get(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, lock: DeviceLock | None = None,
+            train: OptimizerConfig = TrainConfig()) -> float:
+        """The reference step time in ms: from memory, else the file, else measured (once per file, under its lock)."""
+        key = self.key(backbone, config, device, train)
+        if key in self.memory:
+            return self.memory[key]
+        if self.path is None:
+            self.memory[key] = measure_step_time(backbone, config, device, lock, train).median_ms
+            return self.memory[key]
+        # concurrent trials wait for one measurement instead of each timing the backbone
+        with file_lock(lock_path(f"reference-{hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]}")):
+            stored = _read_json(self.path) if self.path.is_file() else {}
+            if key not in stored:
+                stored[key] = measure_step_time(backbone, config, device, lock, train).median_ms
                 _write_json_atomic(self.path, stored)
-        return median
+            self.memory[key] = float(stored[key])
+        return self.memory[key]
 
 
 def _read_json(path: Path) -> dict:

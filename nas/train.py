@@ -30,6 +30,10 @@ from nas.errors import InputError, check_ints, check_number
 from nas.model import build
 from nas.pipeline import DeviceData
 from nas.spec import NetworkSpec
+from nas.step import StepStats, TrainStep, autocast, make_optimizer, to_device_layout
+
+__all__ = ["OPTIMIZERS", "EpochCallback", "NonFiniteLoss", "OptimizerConfig", "StepStats", "TrainConfig", "TrainResult", "TrainStep",
+           "autocast", "evaluate", "make_optimizer", "make_step", "pick_device", "seed_everything", "train_proxy", "warmup_cosine"]
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -67,6 +71,7 @@ class TrainConfig(OptimizerConfig):
     batch_size: int = 64
     deterministic: bool = True
     eval_batch_size: int = 512
+    compile: bool = False  # torch.compile the model (timing then times the compiled step too)
 
     def __post_init__(self) -> None:
         check_ints(self, (("epochs", 1), ("image_size", 8), ("batch_size", 2), ("eval_batch_size", 1)))
@@ -85,6 +90,7 @@ class TrainResult:
     failure: str | None = None
     seconds: float = 0.0
     images_seen: int = 0
+    step: dict = field(default_factory=dict)  # TrainStep.describe(): optimizer, groups, loss as trained
 
 
 class NonFiniteLoss(RuntimeError):
@@ -120,35 +126,32 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-def make_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
-    # no weight decay on BN and biases (1-d parameters), as the reference code
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` over ``batches``."""
+    """(accuracy, mean cross-entropy) of ``model`` over ``batches``; sums stay on the device, read once."""
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
+    correct = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
+    total = 0
     for x, y in batches:
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            logits = model(x)
-        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+            logits = model(to_device_layout(x, device))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
         total += len(y)
     model.train()
-    return correct / max(1, total), loss_sum / max(1, total)
+    correct_count, loss_total = torch.stack([correct, loss_sum]).tolist()
+    return correct_count / max(1, total), loss_total / max(1, total)
+
+
+def make_step(spec: NetworkSpec, config: OptimizerConfig, device: str | torch.device) -> TrainStep:
+    """The training step of ``build(spec)`` under ``config``: what proxy training trains and timing times.
+
+        >>> from nas.zoo import get
+        >>> make_step(get("efficientnetv2-b0", 10), TrainConfig(optimizer="sgd"), "cpu").describe()["optimizer"]
+        'SGD'
+    """
+    return TrainStep(build(spec), config, device, compile=getattr(config, "compile", False))
 
 
 EpochCallback = Callable[[int, dict[str, float]], bool | None]
@@ -171,41 +174,32 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
     result = TrainResult()
     begin = time.perf_counter()
-    model = optimizer = None
+    step = None
     try:
-        model = build(spec).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, config)
+        step = make_step(spec, config, device)
+        result.step = step.describe()
         steps_per_epoch = max(1, len(data.train_labels) // config.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)))
+            step.optimizer, warmup_cosine(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)))
         generator = torch.Generator().manual_seed(config.seed)
         guard = step_guard or contextlib.nullcontext
         for epoch in range(1, config.epochs + 1):
-            epoch_begin, loss_sum, seen = time.perf_counter(), 0.0, 0
+            epoch_begin = time.perf_counter()
             for x, y in data.train_batches(config.batch_size, config.image_size, generator):
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
                 with guard():
-                    with autocast(device):
-                        loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch}")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    step(x, y)
                 scheduler.step()
-                loss_sum += float(loss.detach()) * len(y)
-                seen += len(y)
+            stats = step.drain_stats()  # the epoch's only host sync in training
+            if not stats.finite:
+                raise NonFiniteLoss(f"non-finite loss (mean {stats.mean_loss}) at epoch {epoch}")
             train_seconds = time.perf_counter() - epoch_begin
-            accuracy, val_loss = evaluate(model, data.eval_batches(config.eval_batch_size, config.image_size), device)
-            metrics = {"epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss, "train_loss": loss_sum / max(1, seen),
+            accuracy, val_loss = evaluate(step.model, data.eval_batches(config.eval_batch_size, config.image_size), device)
+            metrics = {"epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss, "train_loss": stats.mean_loss,
                        "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - epoch_begin,
-                       "train_seconds": train_seconds, "images": seen}
+                       "train_seconds": train_seconds, "images": stats.samples}
             result.curve.append(metrics)
             result.accuracy, result.val_loss, result.epochs_run = accuracy, val_loss, epoch
-            result.images_seen += seen
+            result.images_seen += stats.samples
             if on_epoch is not None and on_epoch(epoch, metrics) and epoch < config.epochs:
                 result.stopped_early = True
                 break
@@ -215,7 +209,7 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
         result.failure = f"CUDA out of memory: {str(error).splitlines()[0]}"
     finally:
         result.seconds = time.perf_counter() - begin
-        del model, optimizer
+        del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result

@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from nas.errors import InputError, check_ints, check_number
 from nas.io import load_config_file
@@ -27,6 +30,31 @@ DEFAULT_TRAIN = TrainConfig(epochs=3, image_size=32, batch_size=64)
 DEFAULT_TIMING = TimingConfig(batch_size=16, image_size=64, warmup=2, steps=5)
 
 
+def default_layout(cpus: int | None = None, max_concurrent: Any = None, cpus_per_trial: Any = None,
+                   gpus_per_trial: Any = 0, gpus: int | None = None) -> tuple[int, float]:
+    """(max_concurrent, cpus_per_trial) for a machine; a value given is kept and the other derived from it.
+
+    CPU: up to 4 trials of one thread or more each, the cores split evenly (2 cores: 2 x 1, measured
+    faster than one trial on both cores in bench/bench_sweep.py; more than 4 at once lose more to each
+    other's exclusive timing than they gain). GPU: one trial per ``gpus_per_trial`` of the GPUs.
+
+        >>> default_layout(2), default_layout(16), default_layout(2, cpus_per_trial=2)
+        ((2, 1.0), (4, 4.0), (1, 2))
+    """
+    cpus = max(1, cpus or os.cpu_count() or 1)
+    usable = isinstance(gpus_per_trial, (int, float)) and gpus_per_trial > 0
+    if not isinstance(max_concurrent, int) or max_concurrent < 1:
+        if isinstance(cpus_per_trial, (int, float)) and cpus_per_trial > 0:
+            max_concurrent = max(1, min(4, int(cpus // cpus_per_trial)))
+        elif usable:
+            max_concurrent = max(1, int((torch.cuda.device_count() if gpus is None else gpus) // gpus_per_trial))
+        else:
+            max_concurrent = min(4, cpus)
+    if not isinstance(cpus_per_trial, (int, float)) or cpus_per_trial <= 0:
+        cpus_per_trial = float(max(1, cpus // max_concurrent))
+    return max_concurrent, cpus_per_trial
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """Everything a sweep needs; stored resolved in the run directory as ``config.json``."""
@@ -37,8 +65,8 @@ class SweepConfig:
     backbone: str = "efficientnetv2-b0"
     space: dict[str, Any] = field(default_factory=dict)
     n_trials: int = 8
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
+    max_concurrent: int = field(default_factory=lambda: default_layout()[0])
+    cpus_per_trial: float = field(default_factory=lambda: default_layout()[1])
     gpus_per_trial: float = 0.0
     sampler: str = "tpe"
     seed: int = 0
@@ -133,6 +161,9 @@ def resolve_config(path: str | None, overrides: dict[str, Any]) -> SweepConfig:
             data[key] = {**(data.get(key) or {}), **value}
         else:
             data[key] = value
+    if data.get("max_concurrent") is None or data.get("cpus_per_trial") is None:  # derive the layout from this machine
+        data["max_concurrent"], data["cpus_per_trial"] = default_layout(None, data.get("max_concurrent"), data.get("cpus_per_trial"),
+                                                                        data.get("gpus_per_trial", 0))
     data["train"] = _sub(TrainConfig, "train", DEFAULT_TRAIN, data.get("train"))
     data["timing"] = _sub(TimingConfig, "timing", DEFAULT_TIMING, data.get("timing"))
     if "reward" in data:

@@ -12,6 +12,7 @@ from, so a finished sweep can be re-scored without training.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
 import resource
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from nas.data import Dataset, load_dataset
-from nas.lock import DeviceLock
+from nas.lock import DeviceLock, device_id
 from nas.model import count_macs, count_spec_params
 from nas.pipeline import DeviceData
 from nas.spec import NetworkSpec
@@ -76,10 +77,10 @@ def evaluate_candidate(
     dev_data, num_classes, data_name = device_data(data, train_config, torch_device)
     spec = spec.with_classes(num_classes)
     backbone = (backbone or spec).with_classes(num_classes)
-    device_lock = DeviceLock(f"{platform.node()}-{device_name(torch_device)}") if lock else None
-    guard = device_lock.shared if device_lock else None
-
-    result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, step_guard=guard)
+    # one lock per physical device (GPU UUID, or the host's CPU), per user
+    device_lock = DeviceLock.for_device(torch_device) if lock else None
+    with device_lock.trainer(torch_device) if device_lock else contextlib.nullcontext() as guard:
+        result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, step_guard=guard)
     record: dict[str, Any] = {
         "status": "failed" if result.failure else ("pruned" if result.stopped_early else "ok"),
         "failure_reason": result.failure,
@@ -88,6 +89,7 @@ def evaluate_candidate(
         "curve": result.curve,
         "epochs_run": result.epochs_run,
         "train_seconds": result.seconds,
+        "trained_step": result.step,
     }
     params, backbone_params = count_spec_params(spec), count_spec_params(backbone)
     timing_size = timing_config.image_size or backbone.train_image_size
@@ -96,9 +98,10 @@ def evaluate_candidate(
                   macs=count_macs(spec, timing_size), proxy_macs=count_macs(spec, train_config.image_size))
     if result.failure is None:
         try:
-            step = measure_step_time(spec, timing_config, torch_device, device_lock)
-            reference = (reference_cache or ReferenceCache()).get(backbone, timing_config, torch_device, device_lock)
-            record.update(step_time_ms=step.median_ms, step_time_iqr_ms=step.iqr_ms, step_time_cv=step.cv,
+            # the trial's own step (optimizer, groups, loss, compile) for the candidate and the reference alike
+            step = measure_step_time(spec, timing_config, torch_device, device_lock, train_config)
+            reference = (reference_cache or ReferenceCache()).get(backbone, timing_config, torch_device, device_lock, train_config)
+            record.update(step_time_ms=step.median_ms, step_time_iqr_ms=step.iqr_ms, step_time_cv=step.cv, timed_step=step.step,
                           step_time_samples_ms=list(step.samples_ms), reference_step_time_ms=reference,
                           normalized_step_time=step.median_ms / reference, throughput_img_s=step.images_per_second)
         except torch.cuda.OutOfMemoryError as error:
@@ -113,6 +116,7 @@ def evaluate_candidate(
         timing_config=asdict(timing_config),
         backbone=backbone.name,
         device=device_name(torch_device),
+        device_id=device_id(torch_device),
         torch_version=torch.__version__,
         threads=torch.get_num_threads(),
         host=platform.node(),

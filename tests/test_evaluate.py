@@ -1,16 +1,24 @@
 """Real proxy training on the bundled digits (CPU)."""
 
+import contextlib
 import json
+import os
+import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from nas.data import load_dataset
-from nas.lock import DeviceLock
+from nas.lock import DeviceLock, cuda_device_key, device_id, lock_dir
 from nas.model import count_spec_params
-from nas.timing import ReferenceCache, TimingConfig, measure_step_time
+from nas.step import TrainStep
+from nas.timing import ReferenceCache, TimingConfig, measure_step_time, timing_step
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
 from runners.evaluate import evaluate_candidate
@@ -59,6 +67,7 @@ def test_non_finite_loss_is_a_failure():
 
     result = train_proxy(get("efficientnetv2-b0", 10), load_dataset("digits"), TrainConfig(epochs=2, image_size=16), step_guard=poison)
     assert result.failure is not None and "non-finite loss" in result.failure and result.epochs_run == 0
+    assert calls["n"] > 3  # read at the epoch's end, not at the poisoned step
 
 
 def test_record_fields_and_normalization_against_another_backbone(tmp_path):
@@ -68,8 +77,9 @@ def test_record_fields_and_normalization_against_another_backbone(tmp_path):
     torch.set_num_threads(2)  # the cache key holds the thread count evaluate_candidate will set
     cache = ReferenceCache(tmp_path / "reference.json")
     planted = 1234.5  # ms; no real 5-image step on this machine takes that long, so a measured value would differ
-    (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu"): planted}))
-    record = evaluate_candidate(candidate, "digits", TrainConfig(epochs=1, image_size=16, threads=2), timing,
+    train = TrainConfig(epochs=1, image_size=16, threads=2)
+    (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu", train): planted}))
+    record = evaluate_candidate(candidate, "digits", train, timing,
                                 backbone=backbone, reference_cache=cache)
     for key in ("accuracy", "val_loss", "curve", "step_time_ms", "step_time_iqr_ms", "normalized_step_time", "params",
                 "macs", "peak_memory_mb", "throughput_img_s", "device", "torch_version", "wall_seconds", "seed"):
@@ -79,6 +89,7 @@ def test_record_fields_and_normalization_against_another_backbone(tmp_path):
     assert record["normalized_step_time"] == record["step_time_ms"] / planted
     assert record["params"] == count_spec_params(candidate) and record["reference_params"] == count_spec_params(backbone)
     assert record["normalized_params"] == count_spec_params(candidate) / count_spec_params(backbone) != 1.0
+    assert record["timed_step"] == record["trained_step"] and record["timed_step"]["optimizer"] == "AdamW"
 
 
 def test_step_time_median():
@@ -165,3 +176,105 @@ def test_evaluate_cli_json():
     assert {"accuracy", "step_time_ms", "normalized_step_time", "params"} <= set(data)
     assert "epoch 1/1" in result.err  # progress on stderr, not stdout
     assert torch.__version__ == data["torch_version"]
+
+
+# ---- one step for training and timing (issue 13) ----------------------------------------------
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_timing_times_the_step_that_trains(optimizer):
+    # the objects, not the times: optimizer class and settings, parameter groups, loss and label smoothing
+    config = TrainConfig(epochs=1, image_size=16, threads=2, optimizer=optimizer, lr=0.05, weight_decay=0.01,
+                         momentum=0.8, label_smoothing=0.2)
+    spec = get("efficientnetv2-b0", 10)
+    built = timing_step(spec, config, "cpu")
+    expected = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    assert type(built.optimizer) is expected and built.loss.label_smoothing == 0.2
+    assert [g["weight_decay"] for g in built.optimizer.param_groups] == [0.01, 0.0]
+    assert all(p.ndim <= 1 for p in built.optimizer.param_groups[1]["params"])  # BN and biases: no decay
+    if optimizer == "sgd":
+        assert built.optimizer.defaults["momentum"] == 0.8 and built.optimizer.defaults["nesterov"] is True
+    record = evaluate_candidate(spec, "digits", config, TINY_TIMING)
+    assert record["status"] == "ok", record["failure_reason"]
+    assert record["timed_step"] == record["trained_step"] == built.describe()
+    assert record["trained_step"]["optimizer"] == expected.__name__
+    assert record["timed_step"]["label_smoothing"] == 0.2
+
+
+def test_diverging_loss_is_read_at_epoch_end():
+    config = TrainConfig(epochs=2, image_size=16, batch_size=32, threads=2, optimizer="sgd", lr=10.0, weight_decay=0.0,
+                         warmup_epochs=0.0)
+    steps = {"n": 0}
+
+    @contextlib.contextmanager
+    def count():
+        steps["n"] += 1
+        yield
+
+    data = load_dataset("digits")
+    result = train_proxy(get("efficientnetv2-b0", 10), data, config, step_guard=count)
+    assert result.failure is not None and "non-finite loss" in result.failure and "epoch 1" in result.failure
+    assert result.epochs_run == 0
+    # no check per step: the whole first epoch ran before the flag was read
+    train_size = len(data.split_validation(config.validation_fraction, seed=0)[1])
+    assert steps["n"] == train_size // config.batch_size
+
+
+def test_train_step_mixup_targets_and_stats():
+    step = TrainStep(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)), TrainConfig(label_smoothing=0.0), "cpu")
+    x, y, y_b = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
+    with torch.no_grad():
+        logits = step.model(x)
+    expected = 0.25 * F.cross_entropy(logits, y) + 0.75 * F.cross_entropy(logits, y_b)
+    loss = step(x, y, y_b, 0.25)
+    assert torch.allclose(loss, expected)
+    stats = step.drain_stats()
+    assert stats.finite and stats.samples == 4 and stats.steps == 1 and stats.mean_loss == pytest.approx(float(expected))
+    assert step.drain_stats().samples == 0  # reset after reading
+
+
+# ---- the device lock: per physical device, per user, trainers yield to a waiting timer ---------
+def test_lock_files_per_device_uuid_and_per_user_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("NAS_LOCK_DIR", raising=False)
+    default = lock_dir()
+    assert default.name == f"nas-locks-{os.getuid()}" and stat.S_IMODE(default.stat().st_mode) == 0o700
+    a, b = cuda_device_key("GPU-aaaa", 0, "NVIDIA H100"), cuda_device_key("GPU-bbbb", 0, "NVIDIA H100")
+    assert a != b and DeviceLock(a).data != DeviceLock(b).data  # 8 identical GPUs: 8 locks
+    assert DeviceLock(a).data == DeviceLock(cuda_device_key("GPU-aaaa", 3, "NVIDIA H100")).data  # same GPU, renumbered
+    assert DeviceLock.for_device("cpu").key == device_id("cpu") == f"{socket.gethostname()}-cpu"
+    torch.set_num_threads(1)
+    assert device_id("cpu") == f"{socket.gethostname()}-cpu"  # host-wide for the CPU, whatever the threads
+    monkeypatch.setenv("NAS_LOCK_DIR", str(tmp_path / "mine"))
+    assert DeviceLock(a).data.parent == tmp_path / "mine" != default
+    assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o700
+    if os.getuid() == 0:  # another user's directory is refused
+        other = tmp_path / "theirs"
+        other.mkdir()
+        os.chown(other, 12345, 12345)
+        monkeypatch.setenv("NAS_LOCK_DIR", str(other))
+        with pytest.raises(PermissionError, match="another user"):
+            lock_dir()
+
+
+def test_trainer_drains_and_yields_to_a_waiting_timer(tmp_path):
+    lock = DeviceLock("test-device", tmp_path)
+    events: list[str] = []
+    timer_done = threading.Event()
+
+    def timer():
+        with lock.exclusive():
+            events.append("timer")
+        timer_done.set()
+
+    with lock.trainer("cpu", drain=lambda: events.append("drain")) as guard:
+        with guard():
+            events.append("step")
+        thread = threading.Thread(target=timer)
+        thread.start()
+        time.sleep(0.5)  # the timer now waits at the turnstile: the trainer still holds its share
+        assert "timer" not in events
+        for _ in range(3):
+            with guard():
+                events.append("step")
+        thread.join(timeout=30)
+    assert timer_done.is_set()
+    # the second step's end saw the waiting timer: drain, release; the next step waited for the timer
+    assert events[:4] == ["step", "step", "drain", "timer"] and events[4:] == ["step", "step", "drain"]

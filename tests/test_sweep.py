@@ -184,3 +184,16 @@ def test_asha_pruner_reports_per_epoch(tmp_path):
     for t in trials:
         if t.state == optuna.trial.TrialState.PRUNED:
             assert t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] < 3
+
+
+def test_default_layout_follows_the_machine():
+    import os
+
+    from runners.config import default_layout, resolve_config
+
+    assert default_layout(2) == (2, 1.0) and default_layout(16) == (4, 4.0) and default_layout(1) == (1, 1.0)
+    assert default_layout(2, cpus_per_trial=2) == (1, 2) and default_layout(8, max_concurrent=2) == (2, 4.0)
+    assert default_layout(64, gpus_per_trial=0.5, gpus=8) == (16, 4.0)
+    config = resolve_config(None, {"name": "layout"})
+    assert (config.max_concurrent, config.cpus_per_trial) == default_layout(os.cpu_count())
+    assert resolve_config(None, {"name": "layout", "cpus_per_trial": 1.0}).max_concurrent == min(4, os.cpu_count())
