@@ -5,7 +5,6 @@ Used by ``nas rescore``, ``export``, ``report`` and ``dashboard``; nothing here 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import optuna
 
 from nas.errors import InputError
+from nas.io import read_json_mapping
 from nas.spec import NetworkSpec
 from runners.config import SweepConfig, config_from_dict
 
@@ -65,11 +65,16 @@ def open_run(run_dir: str | Path) -> Run:
         raise InputError(f"run directory: {str(path)!r} does not exist")
     if not config_file.is_file():
         raise InputError(f"run directory: {str(path)!r} holds no config.json (not made by `nas search`)")
+    raw = read_json_mapping(config_file, "run directory")
     try:
-        config = config_from_dict(json.loads(config_file.read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as error:
-        raise InputError(f"run directory: {config_file} is unreadable ({error})") from None
-    storage = rdb_storage(config.storage_url if config.storage else f"sqlite:///{(path / 'study.db').resolve()}")
+        config = config_from_dict(raw)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise InputError(f"run directory: {config_file} is not a sweep config ({(str(error) or type(error).__name__).splitlines()[0]})") from None
+    url = config.storage_url if config.storage else f"sqlite:///{(path / 'study.db').resolve()}"
+    if url.startswith("sqlite:///") and not Path(url.split("?", 1)[0].removeprefix("sqlite:///")).is_file():
+        # opening would create an empty database: reading commands never create files
+        raise InputError(f"run directory: {str(path)!r} holds no study ({url.removeprefix('sqlite:///')} does not exist)")
+    storage = rdb_storage(url)
     try:
         study = optuna.load_study(study_name=config.name, storage=storage)
     except KeyError:
