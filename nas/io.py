@@ -36,14 +36,18 @@ def load_spec(name_or_path: str, num_classes: int | None = None) -> NetworkSpec:
         path = Path(name_or_path)
         if not path.is_file():
             raise SpecError(
-                f"spec: {name_or_path!r} is neither a registry name ({', '.join(NAMES)}) nor an existing JSON file"
+                f"spec: {name_or_path!r} is neither a registry name nor an existing JSON file, "
+                f"allowed {', '.join(NAMES)} or a path to a spec JSON"
             )
         text = read_text_file(path, "spec")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise SpecError(f"spec {name_or_path}: malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
-        if isinstance(data, dict) and "spec" in data and "provenance" in data:
+            raise SpecError(f"spec {name_or_path}: malformed JSON: {error.msg} at line {error.lineno} column {error.colno}, "
+                            "allowed a spec JSON object") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"spec {name_or_path}: holds a JSON {type(data).__name__}, allowed a spec JSON object") from None
+        if "spec" in data and "provenance" in data:
             data = data["spec"]  # an `nas export` file: spec plus provenance
         try:
             spec = NetworkSpec.from_dict(data)
@@ -67,7 +71,7 @@ def read_json_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]
     try:
         data = json.loads(read_text_file(path, what))
     except json.JSONDecodeError as error:
-        raise InputError(f"{what}: {path} is malformed JSON: {error.msg} at line {error.lineno}") from None
+        raise InputError(f"{what}: {path} is malformed JSON: {error.msg} at line {error.lineno}, allowed a JSON object") from None
     if not isinstance(data, dict):
         raise InputError(f"{what}: {path} holds a JSON {type(data).__name__}, allowed a JSON object")
     return data
@@ -142,7 +146,7 @@ def check_output_file(path: str | os.PathLike[str], option: str, force: bool = F
         what = "is not a directory" if os.path.lexists(parent) else "does not exist"
         raise InputError(f"{option}: the directory {parent} {what}, allowed a path in an existing directory")
     if path.exists() and not force:
-        raise InputError(f"{option}: {path} exists; pass --force to overwrite")
+        raise InputError(f"{option}: {path} exists, allowed a new path or --force to overwrite")
     if not _writable_dir(parent):
         raise InputError(f"{option}: {parent} is not writable, allowed a path in a writable directory")
     return path
@@ -182,7 +186,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool =
     """Write ``text`` to ``path`` atomically; ``overwrite=False`` refuses an existing file (FileExistsError)."""
     path = Path(path)
     if not overwrite and path.exists():
-        raise FileExistsError(f"{path} exists; pass --force to overwrite")
+        raise FileExistsError(f"{path} exists, allowed a new path or --force to overwrite")
     with atomic_open(path) as handle:
         handle.write(text)
     return path
@@ -196,7 +200,7 @@ def load_config_file(path: str | os.PathLike[str], what: str = "config") -> dict
     """Read a YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON config file into a dict."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what}: file {str(path)!r} does not exist")
+        raise InputError(f"{what}: {str(path)!r} is not a file, allowed a YAML, TOML or JSON file")
     if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise InputError(f"{what}: {path.name} has an unknown extension, allowed .yaml, .yml, .toml, .json")
     text = read_text_file(path, what)
@@ -213,9 +217,9 @@ def load_config_file(path: str | os.PathLike[str], what: str = "config") -> dict
             data = yaml.safe_load(text)
     except Exception as error:  # yaml / toml / json parse errors differ in type; all are bad input
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{what}: cannot parse {path.name}: {first}") from None
+        raise InputError(f"{what}: cannot parse {path.name}: {first}, allowed valid {path.suffix.lstrip('.').upper()}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise InputError(f"{what}: {path.name} must hold a mapping at the top level")
+        raise InputError(f"{what}: {path.name} holds a {type(data).__name__} at the top level, allowed a mapping")
     return data

@@ -48,7 +48,7 @@ class ProgressiveConfig(OptimizerConfig):
         if self.stages > self.epochs:
             raise InputError(f"stages: {self.stages} is more than epochs {self.epochs}, allowed 1..{self.epochs}")
         if self.max_image_size < self.min_image_size:
-            raise InputError(f"max_image_size: {self.max_image_size} is below min_image_size {self.min_image_size}")
+            raise InputError(f"max_image_size: {self.max_image_size} is below min_image_size {self.min_image_size}, allowed >= {self.min_image_size}")
         for name in ("min_randaugment", "max_randaugment"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value < MAX_MAGNITUDE:

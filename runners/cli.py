@@ -34,13 +34,20 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if getattr(args, "json", False) else printable(text))
 
 
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed, allowed an integer") from None
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer, allowed an integer >= 1") from None
     if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+        raise argparse.ArgumentTypeError(f"{value} is not allowed, allowed an integer >= 1")
     return number
 
 
@@ -55,9 +62,9 @@ def _finite_float(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number, allowed a finite number") from None
     if number != number or number in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed, allowed a finite number")
     return number
 
 
@@ -101,9 +108,9 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if args.family:
         return _scale_family(spec, args)
     if args.width is None or args.depth is None:
-        raise InputError("scale: give --width and --depth, or --family")
+        raise InputError("--width/--depth: both are needed, allowed --width W --depth D, or --family")
     if not args.output:
-        raise InputError("scale: -o/--output OUT.json is required")
+        raise InputError("-o: missing, allowed -o OUT.json")
     from nas.io import check_output_file
     from nas.model import count_macs, count_spec_params
     from nas.scaling import scale
@@ -274,14 +281,14 @@ def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     if unknown or not members:
         raise InputError(f"--members: unknown member(s) {', '.join(unknown) or '(none)'}, allowed {', '.join(MEMBERS)}")
     if not args.output:
-        raise InputError("scale --family: -o/--output OUT_DIR is required")
+        raise InputError("-o: missing, allowed -o OUT_DIR with --family")
     out = check_output_dir(args.output, "-o")
     specs = family(spec, members)
     # a spec's name becomes a file name: sanitized, so it cannot leave -o (../../x) or hide (.x)
     paths = {name: out / f"{safe_name(member_spec.name)}.json" for name, member_spec in specs.items()}
     existing = [p for p in paths.values() if p.exists()]
     if existing and not args.force:
-        raise InputError(f"-o: {existing[0]} exists; pass --force to overwrite")
+        raise InputError(f"-o: {existing[0]} exists, allowed a new path or --force to overwrite")
     rows, data = [], []
     for name, member_spec in specs.items():
         path = paths[name]
@@ -368,7 +375,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--image-size", type=_positive_int, default=32, help="proxy training image size (default 32)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_integer, default=0)
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--backbone", help="reference spec for S and P (default: the spec itself)")
@@ -390,7 +397,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=_finite_float)
     p.add_argument("--gpus-per-trial", type=_finite_float, help="fractions share a GPU")
     p.add_argument("--sampler", help="tpe (default), random, qmc, nsga2")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_integer)
     p.add_argument("--objective", help="reward (default) or multi (maximize A, minimize S and P)")
     p.add_argument("--reward", help="paper (default), constrained, accuracy")
     p.add_argument("--w", type=_finite_float, help="step-time exponent of the paper reward (default -0.07)")
@@ -447,19 +454,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")
     p.add_argument("--data", default="digits")
     p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--stages", type=int, help="number of progressive stages M (default 4)")
+    p.add_argument("--stages", type=_integer, help="number of progressive stages M (default 4)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--progressive", action="store_true", help="grow image size and regularization per stage (default)")
     mode.add_argument("--fixed", action="store_true", help="train every epoch at the end values (baseline)")
     p.add_argument("--member", help="take the start/end values of family member s, m or l")
     for name in ("min-image-size", "max-image-size", "eval-image-size"):
-        p.add_argument(f"--{name}", type=int)
+        p.add_argument(f"--{name}", type=_integer)
     for name in ("min-randaugment", "max-randaugment", "min-mixup", "max-mixup", "min-dropout", "max-dropout"):
         p.add_argument(f"--{name}", type=_finite_float)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=_finite_float)
     p.add_argument("--ema", type=_finite_float, help="EMA decay of the weights (e.g. 0.999); off by default")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_integer)
     p.add_argument("--threads", type=_positive_int)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--out", help="output directory (default runs/train-SPECNAME); an existing checkpoint there is resumed, "

@@ -126,8 +126,9 @@ def check_address(address: str) -> None:
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
-    except OSError as error:
-        raise InputError(f"address: cannot reach the Ray cluster at {address} ({error.strerror or error}), "
+    except (OSError, OverflowError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise InputError(f"address: cannot reach the Ray cluster at {address} ({reason}), "
                          f"allowed the HOST:PORT of a running `ray start --head`") from None
 
 
@@ -173,10 +174,10 @@ def check_storage(url: str, run_dir: Path) -> None:
             pass
         engine.dispose()
     except ModuleNotFoundError as error:
-        raise InputError(f"storage: the database driver for {shown} is not installed ({error.name})") from None
+        raise InputError(f"storage: the database driver for {shown} is not installed ({error.name}), allowed sqlite:///PATH or a URL whose driver is installed") from None
     except Exception as error:
         first = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
-        raise InputError(f"storage: cannot connect to {shown} ({first})") from None
+        raise InputError(f"storage: cannot connect to {shown} ({first}), allowed a reachable database") from None
 
 
 def _local_nodes() -> list[dict[str, Any]]:
