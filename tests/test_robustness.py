@@ -139,7 +139,7 @@ def test_train_default_out_is_confined(tmp_path):
     work.mkdir(parents=True)
     result = run_nas("train", evil, "--epochs", "1", *TINY, "--json", cwd=work)
     assert result.code == 0, result.err
-    assert Path(result.json()["out"]).resolve().parent == (work / "runs").resolve()
+    assert (work / result.json()["out"]).resolve().parent == (work / "runs").resolve()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "evil.json"]
 
 
