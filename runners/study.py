@@ -63,7 +63,7 @@ def open_run(run_dir: str | Path) -> Run:
     path = Path(run_dir)
     config_file = path / "config.json"
     if not path.is_dir():
-        raise InputError(f"run directory: {str(path)!r} is not a directory, allowed {MADE_BY}")
+        raise InputError(f"run directory: {str(path)!r} {'is not a directory' if path.exists() else 'does not exist'}, allowed {MADE_BY}")
     if not config_file.is_file():
         raise InputError(f"run directory: {str(path)!r} holds no config.json, allowed {MADE_BY}")
     raw = read_json_mapping(config_file, "run directory")
