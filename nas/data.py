@@ -79,7 +79,7 @@ def load_dataset(name_or_path: str, seed: int = 0) -> Dataset:
         return _digits(seed)
     path = Path(name_or_path)
     if not path.exists():
-        raise DataError(f"data: {name_or_path!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor an existing path")
+        raise DataError(f"data: {name_or_path!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor an existing path, allowed {', '.join(BUILTIN)} or a data path")
     if path.is_file():
         if path.suffix == ".npz":
             return _npz(path, seed)

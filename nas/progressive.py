@@ -7,7 +7,6 @@ curves are drawn by :func:`nas.plots.plot_curves` after training.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,8 +15,8 @@ from typing import Any
 
 import torch
 
+from nas import checkpoint
 from nas.data import Dataset
-from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.model import build
 from nas.pipeline import DeviceData
@@ -26,12 +25,6 @@ from nas.schedule import ProgressiveConfig, Stage, schedule
 from nas.spec import NetworkSpec
 from nas.step import TrainStep
 from nas.train import NonFiniteLoss, evaluate, pick_device, seed_everything, warmup_cosine
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
 
 
 def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfig, out_dir: str | Path,
@@ -61,12 +54,9 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     start_epoch, train_seconds = 1, 0.0
-    checkpoint_path = out / "checkpoint.pt"
-    identity = {"spec": spec.to_dict(), "config": asdict(config), "data": data.name}
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=True, map_location=torch_device)
-        if json.loads(state["identity"]) != json.loads(json.dumps(identity)):
-            raise InputError(f"--out: {out} holds a checkpoint of another run (spec, data or settings differ); use another --out")
+    identity = checkpoint.identity(spec, config, data.name)
+    state = checkpoint.load(out, identity, config.epochs, torch_device, log)  # falls back to checkpoint.prev.pt
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -75,7 +65,6 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch, train_seconds = json.loads(state["history"]), int(state["epoch"]) + 1, float(state["train_seconds"])
-        log(f"resuming from {checkpoint_path} after epoch {start_epoch - 1}")
 
     for stage in plan:
         if stage.last_epoch < start_epoch:
@@ -104,7 +93,7 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
             history.append({"epoch": epoch, "stage": stage.index, "image_size": stage.image_size, "train_loss": loss_sum / max(1, seen),
                             "val_accuracy": accuracy, "val_loss": val_loss, "seconds": seconds, "lr": scheduler.get_last_lr()[0]})
             log(f"epoch {epoch}/{config.epochs}: train loss {loss_sum / max(1, seen):.4f}, val accuracy {accuracy:.4f} ({seconds:.1f} s)")
-            _save_checkpoint(checkpoint_path, {
+            checkpoint.save(out, {
                 "identity": json.dumps(identity), "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "ema": ema.model.state_dict() if ema is not None else {},
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": json.dumps(history),

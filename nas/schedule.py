@@ -48,7 +48,7 @@ class ProgressiveConfig(OptimizerConfig):
         if self.stages > self.epochs:
             raise InputError(f"stages: {self.stages} is more than epochs {self.epochs}, allowed 1..{self.epochs}")
         if self.max_image_size < self.min_image_size:
-            raise InputError(f"max_image_size: {self.max_image_size} is below min_image_size {self.min_image_size}")
+            raise InputError(f"max_image_size: {self.max_image_size} is below min_image_size {self.min_image_size}, allowed >= {self.min_image_size}")
         for name in ("min_randaugment", "max_randaugment"):
             check_number(name, getattr(self, name), low=0, high=MAX_MAGNITUDE, high_open=True, note=" (RandAugment's range, 0 = off)")
         for name, high in (("min_mixup", 10.0), ("max_mixup", 10.0), ("min_dropout", 0.95), ("max_dropout", 0.95)):

@@ -1,7 +1,9 @@
 """The ``nas`` command: parse, call, print. Nothing else lives here.
 
 Conventions: ``--json`` prints exactly one JSON document on stdout (logs go to stderr);
-exit 0 on success, 2 on bad input or usage, 1 on a runtime failure.
+exit 0 on success, 2 on bad input or usage, 1 on a runtime failure, 130 on Ctrl-C, 143 on SIGTERM.
+Every check runs before anything is created (:mod:`runners.preflight`); an existing output file is
+refused without ``--force``.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any, NoReturn
 
 from nas.errors import InputError
+from nas.io import printable
 from rewards import DEFAULT_V, DEFAULT_W
 
 
@@ -22,17 +26,36 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (the sweep's cleanup runs), but exit 143."""
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+    # names come from user files: no escape sequence reaches the terminal (JSON escapes them itself)
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else printable(text))
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed, allowed an integer") from None
 
 
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer, allowed an integer >= 1") from None
     if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+        raise argparse.ArgumentTypeError(f"{value} is not allowed, allowed an integer >= 1")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _positive_int(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port, allowed 1..65535")
     return number
 
 
@@ -40,9 +63,9 @@ def _finite_float(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number, allowed a finite number") from None
     if number != number or number in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed, allowed a finite number")
     return number
 
 
@@ -64,11 +87,11 @@ def stage_table(spec: Any) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from nas.io import load_spec
-    from nas.model import build, count_macs, count_params
+    from nas.model import count_macs, count_spec_params
 
     spec = load_spec(args.spec, args.num_classes)
     size = args.image_size or spec.eval_image_size
-    params, macs = count_params(build(spec)), count_macs(spec, size)
+    params, macs = count_spec_params(spec), count_macs(spec, size)  # from the spec: nothing is allocated
     data = {"name": spec.name, "params": params, "macs": macs, "image_size": size, "key": spec.key(), "spec": spec.to_dict()}
     text = (
         f"{spec.name}: stem {spec.stem_channels}, head {spec.head_channels}, {spec.num_classes} classes, "
@@ -86,15 +109,17 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if args.family:
         return _scale_family(spec, args)
     if args.width is None or args.depth is None:
-        raise InputError("scale: give --width and --depth, or --family")
+        raise InputError("--width/--depth: both are needed, allowed --width W --depth D, or --family")
     if not args.output:
-        raise InputError("scale: -o/--output OUT.json is required")
-    from nas.model import build, count_macs, count_params
+        raise InputError("-o: missing, allowed -o OUT.json")
+    from nas.io import check_output_file
+    from nas.model import count_macs, count_spec_params
     from nas.scaling import scale
 
+    check_output_file(args.output, "-o", args.force)
     scaled = scale(spec, args.width, args.depth)
     atomic_write_json(args.output, scaled.to_dict())
-    params = count_params(build(scaled))
+    params = count_spec_params(scaled)
     data = {"output": args.output, "params": params, "macs": count_macs(scaled, scaled.eval_image_size), "spec": scaled.to_dict()}
     _emit(args, data, f"wrote {args.output}: {scaled.name}, params {params:,}\n{stage_table(scaled)}")
     return 0
@@ -126,7 +151,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nas.timing import TimingConfig
     from nas.train import TrainConfig
     from runners.evaluate import evaluate_candidate
+    from runners.preflight import activation_elements, check_device, check_memory
 
+    check_device(args.device)
     spec = load_spec(args.spec)
     backbone = load_spec(args.backbone) if args.backbone else spec
     # flags left out (None) keep the dataclasses' defaults: the one source of evaluate's defaults
@@ -134,6 +161,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                                   seed=args.seed, threads=args.threads).items() if v is not None})
     timing = TimingConfig(**{k: v for k, v in dict(batch_size=args.timing_batch_size, image_size=args.timing_image_size,
                                                    steps=args.timing_steps).items() if v is not None})
+    check_memory(activation_elements(spec, train.image_size), train.batch_size, args.device, "--image-size/--batch-size")
+    timing_size = timing.image_size or backbone.train_image_size
+    for timed in (spec, backbone):
+        check_memory(activation_elements(timed, timing_size), timing.batch_size, args.device,
+                     "--timing-image-size/--timing-batch-size")
 
     def progress(epoch: int, m: dict) -> bool:
         print(f"epoch {epoch}/{train.epochs}: val accuracy {m['val_accuracy']:.4f}  val loss {m['val_loss']:.4f}  "
@@ -152,6 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from runners.config import resolve_config
+    from runners.preflight import undo_new_run
     from runners.sweep import run_sweep
 
     train = {k: v for k, v in {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}.items()
@@ -170,7 +203,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         from nas.io import load_config_file
 
         overrides["space"] = load_config_file(args.space, "space config")
-    summary = run_sweep(resolve_config(args.config, overrides))
+    config = resolve_config(args.config, overrides)
+    with undo_new_run(config):  # a check that needs Ray running comes after the run directory exists
+        summary = run_sweep(config)
     text = (f"sweep {summary['study']} in {summary['run_dir']}: {summary['complete']} complete, {summary['pruned']} pruned, "
             f"{summary['failed']} failed, {summary['wall_seconds']:.0f} s")
     if summary.get("best_reward") is not None:
@@ -182,11 +217,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from runners.preflight import check_reward
     from runners.results import rescore
     from runners.study import open_run
 
-    run = open_run(args.run_dir)
     options = {"w": args.w, "v": args.v, "target": args.target, "alpha": args.alpha, "beta": args.beta}
+    check_reward(args.reward, {k: v for k, v in options.items() if v is not None})
+    run = open_run(args.run_dir)
     rows = rescore(run, args.reward, **options)
     top = rows[: args.top]
     lines = [f"{len(rows)} finished trials re-scored with {args.reward} "
@@ -202,9 +239,14 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from nas.io import check_output_dir, check_output_file
     from runners.results import export
     from runners.study import open_run
 
+    if args.trial == "pareto":
+        check_output_dir(args.output, "-o")
+    else:
+        check_output_file(args.output, "-o", args.force)
     paths = export(open_run(args.run_dir), args.trial, args.output, force=args.force)
     _emit(args, {"written": [str(p) for p in paths]}, "\n".join(f"wrote {p}" for p in paths))
     return 0
@@ -218,9 +260,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from nas.io import check_output_file
     from runners.report import write_report
     from runners.study import open_run
 
+    if args.output:  # the default RUN_DIR/report.html is the tool's own and is refreshed
+        check_output_file(args.output, "-o", args.force)
     run = open_run(args.run_dir)
     path = write_report(run, args.output or run.path / "report.html")
     _emit(args, {"report": str(path)}, f"wrote {path}")
@@ -229,9 +274,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     from dataclasses import asdict
-    from pathlib import Path
 
-    from nas.io import atomic_write_json
+    from nas.io import atomic_write_json, check_output_dir, safe_name
     from nas.model import count_macs, count_spec_params
     from nas.scaling import MEMBERS, family
 
@@ -240,14 +284,17 @@ def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     if unknown or not members:
         raise InputError(f"--members: unknown member(s) {', '.join(unknown) or '(none)'}, allowed {', '.join(MEMBERS)}")
     if not args.output:
-        raise InputError("scale --family: -o/--output OUT_DIR is required")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o: {out} exists and is not a directory")
+        raise InputError("-o: missing, allowed -o OUT_DIR with --family")
+    out = check_output_dir(args.output, "-o")
     specs = family(spec, members)
+    # a spec's name becomes a file name: sanitized, so it cannot leave -o (../../x) or hide (.x)
+    paths = {name: out / f"{safe_name(member_spec.name)}.json" for name, member_spec in specs.items()}
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not args.force:
+        raise InputError(f"-o: {existing[0]} exists, allowed a new path or --force to overwrite")
     rows, data = [], []
     for name, member_spec in specs.items():
-        path = out / f"{member_spec.name}.json"
+        path = paths[name]
         atomic_write_json(path, member_spec.to_dict())
         p = MEMBERS[name].progressive
         params, macs = count_spec_params(member_spec), count_macs(member_spec, member_spec.eval_image_size)
@@ -266,11 +313,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nas.data import load_dataset
-    from nas.io import load_spec
+    from nas.io import check_output_dir, load_spec, safe_name
     from nas.plots import plot_curves
     from nas.progressive import train_progressive
     from nas.schedule import ProgressiveConfig, explicit_config, schedule
+    from runners.preflight import activation_elements, check_device, check_memory
 
+    check_device(args.device)
     spec = load_spec(args.spec)
     explicit = {
         "epochs": args.epochs, "stages": args.stages, "min_image_size": args.min_image_size, "max_image_size": args.max_image_size,
@@ -281,8 +330,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     base = ProgressiveConfig.for_member(args.member) if args.member else ProgressiveConfig()
     config = explicit_config(base, **explicit)
+    check_memory(activation_elements(spec, config.max_image_size), config.batch_size, args.device,
+                 "--max-image-size/--batch-size")
+    out = str(check_output_dir(args.out or f"runs/train-{safe_name(spec.name)}", "--out"))
     data = load_dataset(args.data)
-    out = args.out or f"runs/train-{spec.name}"
     summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")
     summary["out"] = out
@@ -311,6 +362,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", action="store_true", help="write the S/M/L family (rule in nas.scaling)")
     p.add_argument("--members", default="s,m,l", help="family members to write (default s,m,l)")
     p.add_argument("-o", "--output", help="OUT.json (or OUT_DIR with --family)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scale)
 
@@ -326,9 +378,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="proxy training epochs (default: TrainConfig's)")
     p.add_argument("--image-size", type=_positive_int, help="proxy training image size (default: TrainConfig's)")
     p.add_argument("--batch-size", type=_positive_int, help="default: TrainConfig's")
-    p.add_argument("--seed", type=int, help="default: TrainConfig's")
+    p.add_argument("--seed", type=_integer, help="default: TrainConfig's")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--backbone", help="reference spec for S and P (default: the spec itself)")
     p.add_argument("--timing-batch-size", type=_positive_int, help="default: TimingConfig's")
     p.add_argument("--timing-image-size", type=_positive_int, help="default: the reference's training image size")
@@ -348,7 +400,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=_finite_float)
     p.add_argument("--gpus-per-trial", type=_finite_float, help="fractions share a GPU")
     p.add_argument("--sampler", help="tpe (default), random, qmc, nsga2")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_integer)
     p.add_argument("--objective", help="reward (default) or multi (maximize A, minimize S and P)")
     p.add_argument("--reward", help="paper (default), constrained, accuracy")
     p.add_argument("--w", type=_finite_float, help=f"step-time exponent of the paper reward (default {DEFAULT_W})")
@@ -391,12 +443,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve the sweep in optuna-dashboard with NAS notes")
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_positive_int, default=8080)
+    p.add_argument("--port", type=_port, default=8080)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
     p.add_argument("run_dir")
-    p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html)")
+    p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html, refreshed each time)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing -o file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -404,47 +457,66 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")
     p.add_argument("--data", default="digits")
     p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--stages", type=int, help="number of progressive stages M (default 4)")
+    p.add_argument("--stages", type=_integer, help="number of progressive stages M (default 4)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--progressive", action="store_true", help="grow image size and regularization per stage (default)")
     mode.add_argument("--fixed", action="store_true", help="train every epoch at the end values (baseline)")
     p.add_argument("--member", help="take the start/end values of family member s, m or l")
     for name in ("min-image-size", "max-image-size", "eval-image-size"):
-        p.add_argument(f"--{name}", type=int)
+        p.add_argument(f"--{name}", type=_integer)
     for name in ("min-randaugment", "max-randaugment", "min-mixup", "max-mixup", "min-dropout", "max-dropout"):
         p.add_argument(f"--{name}", type=_finite_float)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=_finite_float)
     p.add_argument("--ema", type=_finite_float, help="EMA decay of the weights (e.g. 0.999); off by default")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_integer)
     p.add_argument("--threads", type=_positive_int)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--out", help="output directory (default runs/train-SPECNAME); an existing checkpoint there is resumed")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--out", help="output directory (default runs/train-SPECNAME); an existing checkpoint there is resumed, "
+                   "and a larger --epochs extends a finished run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(printable(str(error)).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nas`` console script."""
     args = make_parser().parse_args(argv)
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         return args.func(args)
-    except InputError as error:
-        print(f"nas {args.command}: error: {error}", file=sys.stderr)
+    except (InputError, FileExistsError) as error:
+        print(f"nas {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except FileExistsError as error:
-        print(f"nas {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"nas {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"nas {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    except SystemExit as exit_:
+        if isinstance(exit_.code, signal.Signals):  # Ray's driver turns SIGTERM into sys.exit(SIGTERM)
+            print(f"nas {args.command}: terminated", file=sys.stderr)
+            return 128 + exit_.code
+        raise
     except Exception as error:  # runtime failure: one line unless NAS_DEBUG asks for the traceback
         if os.environ.get("NAS_DEBUG"):
             raise
-        print(f"nas {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"nas {args.command}: failed: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

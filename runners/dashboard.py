@@ -8,7 +8,9 @@ whatever is missing and keeps doing so while it serves.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import sys
 import tempfile
 import threading
@@ -17,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from nas.errors import InputError
 from nas.spec import NetworkSpec
 from runners.study import best_scored, open_run, scored_trials, stage_table_markdown
 
@@ -103,10 +106,34 @@ def annotate(study: optuna.Study, run_dir: str | Path, reward_config: dict[str, 
     return count
 
 
+def check_listen(host: str, port: int) -> None:
+    """The address must resolve and the port be free, before anything is printed or written (InputError otherwise).
+
+    Binds the way the server will (``SO_REUSEADDR``, as wsgiref does), then lets go.
+    """
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port: {port} is not a TCP port, allowed 1..65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise InputError(f"--host: {host!r} does not resolve ({error}), allowed a local host name or IP address") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except PermissionError:
+            raise InputError(f"--port: {port} needs privileges on {host}, allowed a port >= 1024") from None
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise InputError(f"--port: {port} is in use on {host}, allowed a free port") from None
+            raise InputError(f"--host: cannot listen on {host} ({error.strerror}), allowed an address of this machine") from None
+
+
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_seconds: float = 5.0) -> None:
     """Serve the run's study with optuna-dashboard; annotations are refreshed in the background."""
     from optuna_dashboard import run_server
 
+    check_listen(host, port)
     run = open_run(run_dir)
     # notes need a live Trial; a random sampler keeps its construction free of sampler work
     study = optuna.load_study(study_name=run.config.name, storage=run.study._storage, sampler=optuna.samplers.RandomSampler())

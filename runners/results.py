@@ -99,7 +99,7 @@ def export(run: Run, which: str, output: str | Path, force: bool = False) -> lis
         targets = [output]
     existing = [p for p in targets if p.exists()]
     if existing and not force:
-        raise InputError(f"-o: {existing[0]} exists; pass --force to overwrite")
+        raise InputError(f"-o: {existing[0]} exists, allowed a new path or --force to overwrite")
     for trial, target in zip(trials, targets):
         spec = replace(trial_spec(trial), name=f"{run.config.name}-trial{trial.number}")
         atomic_write_json(target, {"spec": spec.to_dict(), "provenance": provenance(run, trial)})

@@ -5,7 +5,6 @@ Used by ``nas rescore``, ``export``, ``report`` and ``dashboard``; nothing here 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,11 @@ from typing import Any
 import optuna
 
 from nas.errors import InputError
+from nas.io import read_json_mapping
 from nas.spec import NetworkSpec
 from runners.config import SweepConfig, config_from_dict
 
+MADE_BY = "a run directory made by `nas search`"
 RAW_METRICS = ("accuracy", "normalized_step_time", "normalized_params", "step_time_ms", "params")
 
 
@@ -53,7 +54,7 @@ class Run:
         for t in self.study.get_trials(deepcopy=False):
             if t.number == number:
                 return t
-        raise InputError(f"trial: no trial number {number} in {self.path} (it has 0..{len(self.study.trials) - 1})")
+        raise InputError(f"trial: no trial number {number} in {self.path}, allowed 0..{len(self.study.trials) - 1}")
 
 
 def open_run(run_dir: str | Path) -> Run:
@@ -62,14 +63,19 @@ def open_run(run_dir: str | Path) -> Run:
     path = Path(run_dir)
     config_file = path / "config.json"
     if not path.is_dir():
-        raise InputError(f"run directory: {str(path)!r} does not exist")
+        raise InputError(f"run directory: {str(path)!r} {'is not a directory' if path.exists() else 'does not exist'}, allowed {MADE_BY}")
     if not config_file.is_file():
-        raise InputError(f"run directory: {str(path)!r} holds no config.json (not made by `nas search`)")
+        raise InputError(f"run directory: {str(path)!r} holds no config.json, allowed {MADE_BY}")
+    raw = read_json_mapping(config_file, "run directory")
     try:
-        config = config_from_dict(json.loads(config_file.read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as error:
-        raise InputError(f"run directory: {config_file} is unreadable ({error})") from None
-    storage = rdb_storage(config.storage_url if config.storage else f"sqlite:///{(path / 'study.db').resolve()}")
+        config = config_from_dict(raw)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise InputError(f"run directory: {config_file} is not a sweep config ({(str(error) or type(error).__name__).splitlines()[0]}), allowed {MADE_BY}") from None
+    url = config.storage_url if config.storage else f"sqlite:///{(path / 'study.db').resolve()}"
+    if url.startswith("sqlite:///") and not Path(url.split("?", 1)[0].removeprefix("sqlite:///")).is_file():
+        # opening would create an empty database: reading commands never create files
+        raise InputError(f"run directory: {str(path)!r} holds no study ({url.removeprefix('sqlite:///')} does not exist), allowed {MADE_BY}")
+    storage = rdb_storage(url)
     try:
         study = optuna.load_study(study_name=config.name, storage=storage)
     except KeyError:

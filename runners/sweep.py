@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 import warnings
@@ -24,6 +23,7 @@ from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
 from runners.config import SweepConfig
+from runners.preflight import check_address, check_resources, check_sweep
 from runners.study import best_scored, quiet_optuna, rdb_storage
 from runners.worker import asha_pruner, evaluate_trial, trial_seed
 from search_spaces import SearchSpace, make_sampler
@@ -56,15 +56,6 @@ class Progress:
                  f"elapsed {elapsed:.0f}s  ETA {eta}")
 
 
-def _check_address(address: str) -> None:
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=10):
-            pass
-    except OSError as error:
-        raise InputError(f"address: cannot reach the Ray cluster at {address} ({error.strerror or error})") from None
-
-
 def init_ray(config: SweepConfig) -> bool:
     """Start Ray in-process (or join ``config.address``); returns True when we started it."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token warning, no ~/.ray/auth_token
@@ -76,7 +67,7 @@ def init_ray(config: SweepConfig) -> bool:
     if ray.is_initialized():
         return False
     if config.address and config.address != "auto":
-        _check_address(config.address)
+        check_address(config.address)
     kwargs: dict[str, Any] = dict(include_dashboard=config.ray_dashboard, log_to_driver=False, logging_level="WARNING")
     if config.address:
         ray.init(address=config.address, **kwargs)
@@ -124,6 +115,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the sweep described by ``config``; returns a summary dict."""
     quiet_optuna()
     begin = time.monotonic()
+    check_sweep(config)  # paths, storage, address, resources, memory: before anything is created
     dataset = load_dataset(config.data)  # bad data paths fail here, before Ray starts
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)
@@ -157,6 +149,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     startup_seconds = time.monotonic() - begin  # data, study, Ray start: before the first trial
 
     try:
+        check_resources(config, ray.nodes())  # a request no node can satisfy would wait forever
         dataset_ref = ray.put(dataset)
         remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
         config_json, backbone_json = json.loads(json.dumps(config.to_dict())), backbone.to_dict()
