@@ -91,9 +91,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10000)
     parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--dir", help="where the SQLite files go (default: the system temp directory)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         begin = time.perf_counter()
         driver = run_driver(root, args.trials)
@@ -104,7 +105,7 @@ def main() -> int:
     d_first, d_last = per_trial(driver, args.window)
     f_first, f_last = per_trial(floor, args.window)
     result = {
-        "trials": args.trials, "window": args.window, "optuna": optuna.__version__,
+        "trials": args.trials, "window": args.window, "optuna": optuna.__version__, "dir": args.dir or tempfile.gettempdir(),
         "driver_first_s_per_trial": round(d_first, 5), "driver_last_s_per_trial": round(d_last, 5),
         "driver_growth_ratio": round(d_last / d_first, 3), "driver_total_s": round(driver_seconds, 1),
         "floor_first_s_per_trial": round(f_first, 5), "floor_last_s_per_trial": round(f_last, 5),
