@@ -197,7 +197,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         "max_concurrent": args.concurrent, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
         "sampler": args.sampler, "seed": args.seed, "objective": args.objective, "pruner": args.pruner, "storage": args.storage,
         "address": args.address, "ray_tmpdir": args.ray_tmpdir, "ray_dashboard": args.ray_dashboard or None,
-        "quiet": args.quiet or None, "train": train or None, "timing": timing or None, "reward": reward or None,
+        "quiet": args.quiet or None, "trial_timeout": args.trial_timeout, "train": train or None, "timing": timing or None, "reward": reward or None,
     }
     if args.space:
         from nas.io import load_config_file
@@ -417,6 +417,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-tmpdir", help="Ray's temp directory")
     p.add_argument("--ray-dashboard", action="store_true", help="start Ray's own dashboard (off by default)")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.add_argument("--trial-timeout", type=_finite_float, help="seconds; a longer trial is cancelled and stored FAIL (default 21600)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 

@@ -78,13 +78,21 @@ class SweepConfig:
     ray_tmpdir: str | None = None
     ray_dashboard: bool = False
     quiet: bool = False
+    heartbeat_interval: int = 30  # seconds between the driver's liveness beats for its running trials
+    grace_period: int = 120  # a RUNNING trial whose last beat is older than this is recovered
+    max_retries: int = 1  # times a recovered (interrupted) trial is queued again
+    trial_timeout: float = 21600.0  # seconds; a trial running longer is cancelled and stored FAIL "timeout"
     train: TrainConfig = DEFAULT_TRAIN
     timing: TimingConfig = DEFAULT_TIMING
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", self.name):
             raise InputError(f"name: {self.name!r} is not allowed, allowed letters, digits, '_', '.', '-'")
-        check_ints(self, (("n_trials", 1), ("max_concurrent", 1)))
+        check_ints(self, (("n_trials", 1), ("max_concurrent", 1), ("heartbeat_interval", 1), ("grace_period", 1), ("max_retries", 0)))
+        if self.grace_period <= self.heartbeat_interval:
+            raise InputError(f"grace_period: {self.grace_period} is not allowed, allowed a number of seconds > heartbeat_interval "
+                             f"({self.heartbeat_interval})")
+        check_number("trial_timeout", self.trial_timeout, low=0, low_open=True, high=1e9, note=" (seconds)")
         check_number("cpus_per_trial", self.cpus_per_trial, low=0, low_open=True)
         check_number("gpus_per_trial", self.gpus_per_trial, low=0, high=8, note=" (fractions share a GPU)")
         check_number("seed", self.seed, integer=True)

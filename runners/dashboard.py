@@ -57,7 +57,8 @@ def annotate_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.Froze
     from optuna_dashboard import save_note
 
     trial_id = trial._trial_id
-    if study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial_id}"):
+    # a live trial (the sweep's, just before tell) has no note yet: skip the check, which reads every trial's mark
+    if not isinstance(trial, optuna.Trial) and study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial_id}"):
         return
     frozen = study._storage.get_trial(trial_id)
     live = trial if isinstance(trial, optuna.Trial) else optuna.Trial(study, trial_id)

@@ -6,6 +6,7 @@ Used by ``nas rescore``, ``export``, ``report`` and ``dashboard``; nothing here 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,18 @@ def quiet_optuna() -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
-def rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage; SQLite gets a long busy timeout since several processes write to it."""
+def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                stale_callback=None) -> optuna.storages.RDBStorage:
+    """An RDB storage; SQLite gets a long busy timeout since several processes write to it.
+
+    The sweep driver passes heartbeat settings (and what to do with a stale trial); readers do not.
+    """
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
     except Exception as error:
         raise InputError(f"storage: cannot open {url!r}: {str(error).splitlines()[0]}") from None
 

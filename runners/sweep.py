@@ -1,19 +1,38 @@
 """``nas search``: the sweep driver. Optuna asks, Ray trains, Optuna is told.
 
 Design: we drive Optuna's ask/tell ourselves and use Ray core tasks as the workers (not Tune's
-``OptunaSearch``). The study in the RDB storage is then the only state: resume after a SIGKILL
-is "mark the dead RUNNING trials FAIL, enqueue them again, continue"; failed and pruned trials
-get their true states; duplicates are answered from the stored record. (Tune keeps a second
-state that lags Optuna's by seconds and cannot restore after a kill: see FINDINGS.md.)
+``OptunaSearch``). The study in the RDB storage is the only state, shared by any number of
+drivers on the same study:
+
+- **Liveness**: each driver beats (Optuna's RDB heartbeat) for every trial it has in flight; a
+  RUNNING trial whose beat is older than ``grace_period`` belongs to a dead driver and is failed
+  (``interrupted``) and queued again, at most ``max_retries`` times, by whichever driver sees it.
+- **One sweep**: every driver counts all drivers' RUNNING trials toward ``n_trials``; a trial
+  claims its architecture (``spec_key``) before training, and the lowest-numbered trial holding a
+  key trains it while later ones wait for its record (or are answered at once from a finished one).
+- **The study is the authority**: the settings that define a sweep are stored in the study when
+  it is created; a later driver with other settings is refused before it changes anything.
+- **Cheap at scale**: the driver keeps a ledger (architecture index and state counts) updated from
+  its own tells and from small queries (the RUNNING/WAITING trials, and trials it has not seen yet),
+  never re-reading the whole study on the hot path.
+
+(Tune keeps a second state that lags Optuna's by seconds and cannot restore after a kill: see FINDINGS.md.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
+import socket
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,16 +41,21 @@ from nas.data import load_dataset
 from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
+from nas.train import TrainConfig
 from runners.config import SweepConfig
 from runners.preflight import check_address, check_resources, check_sweep
 from runners.study import best_scored, quiet_optuna, rdb_storage
-from runners.worker import asha_pruner, evaluate_trial, trial_seed
+from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
 from search_spaces import SearchSpace, make_sampler
 
-INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"
-# config fields that may change between a run and its resume; anything else must match
-RESUMABLE = {"n_trials", "max_concurrent", "quiet", "address", "ray_tmpdir", "ray_dashboard", "cpus_per_trial", "gpus_per_trial"}
+INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"  # stored at ask; replaced at tell
+SURPLUS = "surplus: another driver filled the last slot of the sweep first"
+TIMEOUT = "timeout: the trial ran longer than trial_timeout"
+SEARCH_SETTINGS = ("data", "backbone", "space", "reward", "objective", "pruner", "train", "timing")
+NOT_COPIED = ("seed", "reused_from", "retry_of", "attempt", "driver", "role")  # per-trial attributes of a duplicate
+CLAIM_WAIT_SECONDS = 30.0  # a trial asked longer ago than this without a claim is not waited for
 TrialState = optuna.trial.TrialState
+Evaluate = Callable[[NetworkSpec, TrainConfig], dict[str, Any]]
 
 
 # ---- the driver side -------------------------------------------------------------------------
@@ -44,14 +68,13 @@ class Progress:
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    def update(self, done: int, running: int, failed: int, pruned: int, best: optuna.trial.FrozenTrial | None,
-               new_done: int) -> None:
+    def update(self, done: int, running: int, failed: int, pruned: int, best: tuple[float, int, str] | None, new_done: int) -> None:
         if self.quiet:
             return
         elapsed = time.monotonic() - self.begin
-        remaining = self.total - done
+        remaining = max(0, self.total - done)
         eta = f"{elapsed / new_done * remaining:.0f}s" if new_done and remaining else ("0s" if not remaining else "?")
-        best_text = f"best reward {best.user_attrs['reward']:.4f} ({best.user_attrs['spec_key']})" if best else "best reward -"
+        best_text = f"best reward {best[0]:.4f} ({best[2]})" if best else "best reward -"
         self.log(f"[{done}/{self.total} done, {running} running, {failed} failed, {pruned} pruned] {best_text}  "
                  f"elapsed {elapsed:.0f}s  ETA {eta}")
 
@@ -76,177 +99,575 @@ def init_ray(config: SweepConfig) -> bool:
     return True
 
 
-def _prepare_run_dir(config: SweepConfig) -> None:
+def _write_run_config(config: SweepConfig) -> None:
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    stored_file = config.run_dir / "config.json"
-    current = json.loads(json.dumps(config.to_dict()))
-    if stored_file.is_file():
-        stored = json.loads(stored_file.read_text())
-        changed = sorted(k for k in current if k not in RESUMABLE and stored.get(k) != current[k])
-        if changed:
-            raise InputError(f"run directory {config.run_dir} holds a sweep with another {', '.join(changed)}; "
-                             f"use another --name to start a new sweep")
-    atomic_write_json(stored_file, current)
+    atomic_write_json(config.run_dir / "config.json", json.loads(json.dumps(config.to_dict())))
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Trials a dead driver left RUNNING: mark them FAIL and enqueue their parameters again."""
-    count = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", INTERRUPTED)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        count += 1
-    return count
+# ---- the study as the authority ----------------------------------------------------------------
+def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpace) -> dict[str, Any]:
+    """The settings that define a sweep (all drivers of one study must agree on them), JSON-normalized.
+
+    >>> from runners.config import resolve_config
+    >>> cfg = resolve_config(None, {"name": "x"})
+    >>> sorted(search_settings(cfg, SearchSpace.from_config({}).backbone, SearchSpace.from_config({})))[:3]
+    ['backbone', 'data', 'objective']
+    """
+    data = config.data
+    if data != "digits" and Path(data).exists():
+        data = str(Path(data).resolve())  # the same data spelled another way is the same sweep
+    train = {k: v for k, v in asdict(config.train).items() if k not in ("seed", "threads")}  # per trial / per machine
+    settings = {"data": data, "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
+                "objective": config.objective, "pruner": config.pruner, "train": train, "timing": asdict(config.timing)}
+    return json.loads(json.dumps(settings))
 
 
-def _counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    failed_real = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("failure_reason") != INTERRUPTED]
-    return {
-        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
-        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": len(failed_real),
-        "interrupted": sum(t.state == TrialState.FAIL and t.user_attrs.get("failure_reason") == INTERRUPTED for t in trials),
-    }
+def settings_difference(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Names of the settings that differ (``train.epochs`` for nested ones).
+
+    >>> settings_difference({"reward": {"name": "paper"}, "train": {"epochs": 1}}, {"reward": {"name": "paper"}, "train": {"epochs": 2}})
+    ['train.epochs']
+    """
+    names = []
+    for key in SEARCH_SETTINGS:
+        old, new = stored.get(key), current.get(key)
+        if old == new:
+            continue
+        if key in ("train", "timing") and isinstance(old, dict) and isinstance(new, dict):
+            names += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        else:
+            names.append(key)
+    return names
 
 
-def run_sweep(config: SweepConfig) -> dict[str, Any]:
-    """Run (or resume) the sweep described by ``config``; returns a summary dict."""
+def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, settings: dict[str, Any], extra: dict[str, Any],
+               driver: str) -> tuple[optuna.Study, bool]:
+    """Create the study (storing its settings) or load it and check ours against its; returns (study, created)."""
+    multi = config.objective == "multi"
+    pruner = asha_pruner() if config.pruner == "asha" else None
+    try:
+        study = optuna.create_study(study_name=config.name, storage=storage, sampler=make_sampler(config.sampler, seed=config.seed),
+                                    directions=["maximize", "minimize", "minimize"] if multi else ["maximize"], pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:  # exactly one driver creates it; the others load it
+        pass
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["accuracy", "normalized_step_time", "normalized_params"] if multi else ["reward"])
+        for key, value in {**extra, "search": settings}.items():
+            study.set_user_attr(key, json.loads(json.dumps(value)))
+        return study, True
+    # a per-driver sampler seed: drivers that share a study draw different proposals
+    seed = int.from_bytes(hashlib.sha256(f"{config.seed}:{driver}".encode()).digest()[:4], "big") % (2**31 - 1)
+    study = optuna.load_study(study_name=config.name, storage=storage, sampler=make_sampler(config.sampler, seed=seed), pruner=pruner)
+    stored = study.user_attrs.get("search")
+    deadline = time.monotonic() + 30
+    while stored is None and time.monotonic() < deadline and not study.get_trials(deepcopy=False):
+        time.sleep(0.5)  # created a moment ago by another driver that is still writing its settings
+        stored = study.user_attrs.get("search")
+    if stored is None:  # a study from before settings were stored: adopt ours
+        study.set_user_attr("search", settings)
+        return study, False
+    changed = settings_difference(stored, settings)
+    if changed:
+        raise InputError(f"study {config.name!r} was created with another {', '.join(changed)}; this driver's settings differ "
+                         f"(nothing changed in the study); use the study's settings or another --name")
+    return study, False
+
+
+# ---- liveness ------------------------------------------------------------------------------------
+class Heartbeat:
+    """A background thread recording Optuna's heartbeat for every trial this driver has in flight."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, interval: float, log: Callable[[str], None]) -> None:
+        self.storage, self.interval, self.log = storage, interval, log
+        self.trial_ids: set[int] = set()
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._run, name="nas-heartbeat", daemon=True)
+        self.thread.start()
+
+    def add(self, trial_id: int) -> None:
+        self.storage.record_heartbeat(trial_id)  # at once: from now on a dead driver's trial goes stale
+        with self.lock:
+            self.trial_ids.add(trial_id)
+
+    def remove(self, trial_id: int) -> None:
+        with self.lock:
+            self.trial_ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            with self.lock:
+                ids = sorted(self.trial_ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as error:  # a storage hiccup: the next beat may succeed within the grace period
+                    self.log(f"warning: heartbeat for trial id {trial_id} not recorded: {type(error).__name__}")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def requeue_stale(max_retries: int, counter: list[int]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Optuna's stale-trial callback: queue an interrupted trial's parameters again, up to ``max_retries`` times."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        attempt = int(trial.user_attrs.get("attempt", 0))
+        counter[0] += 1
+        if attempt < max_retries:
+            extra = {"role": trial.user_attrs["role"]} if "role" in trial.user_attrs else {}
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1, **extra})
+
+    return callback
+
+
+# ---- the ledger: what the driver knows about every trial, kept incrementally -----------------------
+@dataclass(frozen=True)
+class Seen:
+    """The part of a trial the driver's bookkeeping needs."""
+
+    number: int
+    state: TrialState
+    key: str | None
+    reason: str | None
+    attempt: int
+    role: str | None
+    reward: float | None
+    started: float = 0.0  # POSIX time the trial started (0 when unknown)
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial) -> Seen:
+        a = trial.user_attrs
+        return cls(trial.number, trial.state, a.get("spec_key"), a.get("failure_reason"), int(a.get("attempt", 0)), a.get("role"),
+                   a.get("reward") if trial.state == TrialState.COMPLETE else None,
+                   trial.datetime_start.timestamp() if trial.datetime_start else 0.0)
+
+
+class Ledger:
+    """Counts, the architecture index and the best reward, from the study, updated incrementally.
+
+    Finished trials never change, so each is read once: from this driver's own tells, or fetched
+    by number when it leaves the RUNNING/WAITING set or appears as a number not seen before.
+    """
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, max_retries: int) -> None:
+        self.study, self.storage, self.max_retries = study, storage, max_retries
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0, "surplus": 0}
+        self.finished: set[int] = set()
+        self.counted = 0
+        self.index: dict[str, int] = {}  # spec_key -> number of the finished trial that answers it
+        self.best: tuple[float, int, str] | None = None  # (reward, number, spec_key)
+        self.active: dict[int, Seen] = {}  # RUNNING and WAITING trials at the last refresh
+        self.ids: dict[int, int] = {}  # number -> storage trial id
+        self.horizon = -1  # every number up to here is finished-known or active
+        for trial in study.get_trials(deepcopy=False):  # once, at start-up
+            self.horizon = max(self.horizon, trial.number)
+            if trial.state.is_finished():
+                self.absorb(Seen.of(trial))
+            else:
+                self.active[trial.number] = Seen.of(trial)
+        self.refresh()
+
+    def trial_id(self, number: int) -> int:
+        if number not in self.ids:
+            self.ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        return self.ids[number]
+
+    def fetch(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.storage.get_trial(self.trial_id(number))
+
+    def absorb(self, seen: Seen) -> None:
+        if seen.number in self.finished:
+            return
+        self.finished.add(seen.number)
+        self.active.pop(seen.number, None)
+        self.ids.pop(seen.number, None)
+        if seen.role == "backbone":  # the reference trial: neither counted nor a duplicate source
+            return
+        if seen.state == TrialState.FAIL and seen.reason == INTERRUPTED:
+            self.counts["interrupted"] += 1
+            self.counted += seen.attempt >= self.max_retries  # not queued again: it stays a failure of the sweep
+            return
+        if seen.state == TrialState.FAIL and (seen.reason or "").startswith("surplus"):
+            self.counts["surplus"] += 1
+            return
+        self.counted += 1
+        self.counts[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(seen.state, "failed")] += 1
+        if seen.key is not None:
+            self.index.setdefault(seen.key, seen.number)
+        if seen.reward is not None and (self.best is None or (seen.reward, -seen.number) > (self.best[0], -self.best[1])):
+            self.best = (seen.reward, seen.number, seen.key or "")
+
+    def refresh(self) -> None:
+        """Bring the ledger up to date: one small query plus one read per trial that changed since."""
+        current = {t.number: Seen.of(t) for t in self.storage.get_all_trials(self.study_id, deepcopy=False,
+                                                                              states=(TrialState.RUNNING, TrialState.WAITING))}
+        for number in [n for n in self.active if n not in current]:  # finished since the last look
+            self.see(self.fetch(number), current)
+        while True:  # numbers are dense: probe past the highest known one for trials never seen (another driver's)
+            number = self.horizon + 1
+            if number not in current:
+                try:
+                    trial = self.fetch(number)
+                except KeyError:
+                    break
+                self.see(trial, current)
+            self.horizon = number
+        self.active = current
+
+    def see(self, trial: optuna.trial.FrozenTrial, current: dict[int, Seen]) -> None:
+        if trial.state.is_finished():
+            self.absorb(Seen.of(trial))
+        else:
+            current[trial.number] = Seen.of(trial)
+
+    def note_asked(self, number: int, trial_id: int) -> None:
+        self.ids[number] = trial_id
+
+    def running(self) -> list[Seen]:
+        return [s for s in self.active.values() if s.state == TrialState.RUNNING and s.role != "backbone"]
+
+
+# ---- executors: Ray workers, or an in-process evaluation (benchmarks of the driver) ---------------------
+class RayExecutor:
+    """Trials as Ray tasks; pruning decisions through a ``PruneBoard`` actor."""
+
+    def __init__(self, config: SweepConfig, dataset: Any, backbone: NetworkSpec) -> None:
+        import ray
+
+        self.ray, self.config, self.backbone = ray, config, backbone
+        self.dataset_ref = ray.put(dataset)
+        self.remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
+        self.board = ray.remote(PruneBoard).options(num_cpus=0).remote() if config.pruner == "asha" else None
+        self.run_dir = str(config.run_dir.resolve())
+
+    def submit(self, number: int, spec: NetworkSpec, train: TrainConfig) -> Any:
+        prune = (self.board, number) if self.board is not None else None
+        return self.remote.remote(spec, self.dataset_ref, train, self.config.timing, self.backbone, self.config.gpus_per_trial > 0,
+                                  self.run_dir, prune)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
+        return ready
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        try:
+            return self.ray.get(handle)
+        except Exception as error:  # a worker that died (OOM-killed, node lost)
+            return {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
+
+    def cancel(self, handle: Any) -> None:
+        self.ray.cancel(handle, force=True)
+
+    def reports(self) -> list[tuple[int, int, float]]:
+        return self.ray.get(self.board.take_reports.remote()) if self.board is not None else []
+
+    def decide(self, number: int, epoch: int, prune: bool) -> None:
+        self.board.decide.remote(number, epoch, prune)
+
+
+class LocalExecutor:
+    """Runs ``evaluate(spec, train_config) -> record`` in the driver's process when a trial is submitted."""
+
+    def __init__(self, evaluate: Evaluate) -> None:
+        self.evaluate, self.done = evaluate, {}
+
+    def submit(self, number: int, spec: NetworkSpec, train: TrainConfig) -> int:
+        self.done[number] = self.evaluate(spec, train)
+        return number
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        return list(handles)
+
+    def result(self, handle: int) -> dict[str, Any]:
+        return self.done.pop(handle)
+
+    def cancel(self, handle: int) -> None:
+        self.done.pop(handle, None)
+
+    def reports(self) -> list[tuple[int, int, float]]:
+        return []
+
+    def decide(self, number: int, epoch: int, prune: bool) -> None:
+        pass
+
+
+@dataclass
+class InFlight:
+    """A trial this driver holds: training (``handle``) or waiting for ``winner``'s record."""
+
+    trial: optuna.Trial
+    trial_id: int
+    spec: NetworkSpec
+    started: float
+    attempt: int = 0
+    handle: Any = None
+    winner: int | None = None
+
+
+# ---- the sweep ----------------------------------------------------------------------------------
+def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str, Any]:
+    """Run (or resume, or join) the sweep described by ``config``; returns a summary dict.
+
+    ``evaluate`` replaces the Ray workers by an in-process function ``(spec, train_config) -> record``
+    (a record as :func:`runners.evaluate.evaluate_candidate` returns it); Ray is then not started.
+    It exists to measure the driver itself (``bench/bench_driver.py``).
+    """
     quiet_optuna()
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")  # we beat ourselves
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     begin = time.monotonic()
     check_sweep(config)  # paths, storage, address, resources, memory: before anything is created
     dataset = load_dataset(config.data)  # bad data paths fail here, before Ray starts
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)
-    reward = config.reward_function()
-    multi = config.objective == "multi"
-    _prepare_run_dir(config)
-    storage = rdb_storage(config.storage_url)
-
-    existing = len(optuna.load_study(study_name=config.name, storage=storage).trials) if _study_exists(storage, config.name) else 0
-    study = optuna.create_study(
-        study_name=config.name, storage=storage, load_if_exists=True,
-        # a resumed sweep re-seeds its sampler, so it does not replay the first run's proposals
-        sampler=make_sampler(config.sampler, seed=config.seed + existing),
-        directions=["maximize", "minimize", "minimize"] if multi else ["maximize"],
-        pruner=asha_pruner() if config.pruner == "asha" else None,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["accuracy", "normalized_step_time", "normalized_params"] if multi else ["reward"])
-    for key, value in {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(),
-                       "reward": config.reward, "objective": config.objective, "data": config.data}.items():
-        study.set_user_attr(key, json.loads(json.dumps(value)))
+    settings = search_settings(config, backbone, space)
     progress = Progress(config.n_trials, config.quiet)
-    recovered = recover_interrupted(study)
-    if recovered:
-        progress.log(f"resuming {config.name}: {recovered} interrupted trial(s) marked failed and queued again")
+    recovered = [0]
+    if config.storage is None:
+        config.run_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite study lives there
+    storage = rdb_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
+                          stale_callback=requeue_stale(config.max_retries, recovered))
+    driver = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    extra = {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
+             "objective": config.objective, "data": config.data}
+    study, _ = open_study(config, storage, settings, extra, driver)  # refuses other settings before any write
+    _write_run_config(config)
+    optuna.storages.fail_stale_trials(study)
+    if recovered[0]:
+        progress.log(f"resuming {config.name}: {recovered[0]} interrupted trial(s) marked failed and queued again")
 
-    started_ray = init_ray(config)
-    import ray
+    executor: RayExecutor | LocalExecutor
+    started_ray = False
+    if evaluate is None:
+        started_ray = init_ray(config)
+        import ray
 
-    startup_seconds = time.monotonic() - begin  # data, study, Ray start: before the first trial
-
-    try:
-        check_resources(config, ray.nodes())  # a request no node can satisfy would wait forever
-        dataset_ref = ray.put(dataset)
-        remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
-        config_json, backbone_json = json.loads(json.dumps(config.to_dict())), backbone.to_dict()
-        in_flight: dict[Any, optuna.Trial] = {}
-        new_done, changed = 0, False
-        while True:
-            counts = _counts(study)
-            finished = counts["complete"] + counts["pruned"] + counts["failed"]
-            while len(in_flight) < config.max_concurrent and finished + len(in_flight) < config.n_trials:
-                trial = study.ask()
-                spec = space.suggest(trial).with_classes(dataset.num_classes)
-                seed = trial_seed(config.seed, trial.number)
-                trial.set_user_attr("spec_key", spec.key())
-                trial.set_user_attr("seed", seed)
-                if _reuse_duplicate(study, trial, spec, multi, config):
-                    finished += 1
-                    new_done += 1
-                    continue
-                prune = {"study": config.name, "storage": config.storage_url, "trial_id": trial._trial_id} if config.pruner == "asha" else None
-                ref = remote.remote(spec.to_dict(), dataset_ref, config_json, backbone_json, seed, prune, config.gpus_per_trial > 0,
-                                    str(config.run_dir.resolve()))
-                in_flight[ref] = trial
-            if changed:  # after the refill, so "running" counts the trials just started
-                counts = _counts(study)
-                progress.update(counts["complete"] + counts["pruned"] + counts["failed"], len(in_flight), counts["failed"],
-                                counts["pruned"], best_scored(study), new_done)
-                changed = False
-            if not in_flight:
-                break
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=30)
-            for ref in ready:
-                trial = in_flight.pop(ref)
-                try:
-                    record = ray.get(ref)
-                except Exception as error:  # a worker that died (OOM-killed, node lost)
-                    record = {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
-                _tell(study, trial, record, reward, multi, config)
-                new_done, changed = new_done + 1, True
-    finally:
-        if started_ray:
-            ray.shutdown()
-    best = best_scored(study)  # by reward, also in multi-objective runs (reward is stored there too)
-    return {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **_counts(study),
-            "trials_this_run": new_done, "best_trial": best.number if best else None,
-            "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
-            "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds}
-
-
-def _annotate(study: optuna.Study, trial: optuna.Trial, config: SweepConfig) -> None:
-    """Dashboard note and spec artifact for a trial about to complete; never breaks the sweep."""
-    try:
-        from runners.dashboard import annotate_trial
-
-        annotate_trial(study, trial, config.run_dir, config.reward)
-    except Exception as error:
-        print(f"warning: dashboard note for trial {trial.number} not written: {error}", file=sys.stderr)
-
-
-def _study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
-    return any(s.study_name == name for s in storage.get_all_studies())
-
-
-def _values(record: dict[str, Any], reward_value: float, multi: bool) -> list[float]:
-    if multi:
-        return [record["accuracy"], record["normalized_step_time"], record["normalized_params"]]
-    return [reward_value]
-
-
-def _reuse_duplicate(study: optuna.Study, trial: optuna.Trial, spec: NetworkSpec, multi: bool, config: SweepConfig) -> bool:
-    """Answer ``trial`` from a finished trial with the same architecture, without training."""
-    key = spec.key()
-    for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if done.user_attrs.get("spec_key") == key and "reward" in done.user_attrs and done.number != trial.number:
-            for name, value in done.user_attrs.items():
-                if name not in ("seed", "reused_from", "retry_of"):
-                    trial.set_user_attr(name, value)
-            trial.set_user_attr("reused_from", done.number)
-            _annotate(study, trial, config)
-            study.tell(trial, done.values if multi else done.value)
-            return True
-    return False
-
-
-def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any], reward, multi: bool, config: SweepConfig) -> None:
-    status = record.get("status", "failed")
-    if status == "ok":
         try:
-            record["reward"] = reward(record["accuracy"], record["normalized_step_time"], record["normalized_params"])
-        except (ValueError, KeyError) as error:
-            status, record["status"], record["failure_reason"] = "failed", "failed", f"reward: {error}"
-    for name, value in record.items():
-        if name != "traceback":
-            trial.set_user_attr(name, json.loads(json.dumps(value, default=str)))
-    if status == "ok":
-        _annotate(study, trial, config)
-        study.tell(trial, _values(record, record["reward"], multi))
-    elif status == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
+            check_resources(config, ray.nodes())  # a request no node can satisfy would wait forever
+        except InputError:
+            if started_ray:
+                ray.shutdown()
+            raise
+        executor = RayExecutor(config, dataset, backbone)
     else:
-        study.tell(trial, state=TrialState.FAIL)
+        executor = LocalExecutor(evaluate)
+    startup_seconds = time.monotonic() - begin  # data, study, Ray start: before the first trial
+    heartbeat = Heartbeat(storage, config.heartbeat_interval, progress.log)
+    driver_run = _Driver(config, study, Ledger(study, storage, config.max_retries), heartbeat, executor, space,
+                         dataset.num_classes, progress, driver)
+    try:
+        driver_run.loop()
+    finally:
+        heartbeat.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    counts = _counts(study, config.max_retries)
+    best = best_scored(study)  # by reward, also in multi-objective runs (reward is stored there too)
+    return {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **counts,
+            "trials_this_run": driver_run.new_done, "best_trial": best.number if best else None,
+            "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
+            "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds, "recovered": recovered[0]}
+
+
+def _counts(study: optuna.Study, max_retries: int) -> dict[str, int]:
+    """Final counts from one full read (end of the sweep only)."""
+    ledger_counts = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0}
+    for trial in study.get_trials(deepcopy=False):
+        seen = Seen.of(trial)
+        if not trial.state.is_finished() or seen.role == "backbone" or (seen.reason or "").startswith("surplus"):
+            continue
+        if trial.state == TrialState.FAIL and seen.reason == INTERRUPTED:
+            ledger_counts["interrupted"] += 1
+        else:
+            ledger_counts[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")] += 1
+    return ledger_counts
+
+
+class _Driver:
+    """The loop of one driver: fill free slots, settle waiters, relay pruning, time out, tell."""
+
+    def __init__(self, config: SweepConfig, study: optuna.Study, ledger: Ledger, heartbeat: Heartbeat,
+                 executor: RayExecutor | LocalExecutor, space: SearchSpace, num_classes: int, progress: Progress, driver: str) -> None:
+        self.config, self.study, self.ledger, self.heartbeat, self.executor = config, study, ledger, heartbeat, executor
+        self.space, self.num_classes, self.progress, self.driver = space, num_classes, progress, driver
+        self.multi = config.objective == "multi"
+        self.reward = config.reward_function()
+        self.mine: dict[int, InFlight] = {}  # by trial number
+        self.new_done = 0
+        self.next_stale_check = time.monotonic() + config.heartbeat_interval
+
+    # -- filling slots
+    def room(self) -> bool:
+        return self.ledger.counted + len(self.ledger.running()) < self.config.n_trials
+
+    def loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            if now >= self.next_stale_check:
+                optuna.storages.fail_stale_trials(self.study)
+                self.next_stale_check = now + self.config.heartbeat_interval
+            self.ledger.refresh()
+            changed = False
+            while len(self.mine) < self.config.max_concurrent and self.room():
+                changed |= self.start_one()
+            changed |= self.settle_waiters()
+            changed |= self.relay_pruning()
+            changed |= self.enforce_timeouts()
+            if changed:  # after the refill, so "running" counts the trials just started
+                self.show()
+            if not self.mine:
+                if self.ledger.counted >= self.config.n_trials:
+                    break
+                # other drivers' trials fill the sweep: stay, to recover them if their driver dies
+                time.sleep(min(1.0, self.config.heartbeat_interval))
+                continue
+            handles = [f.handle for f in self.mine.values() if f.handle is not None]
+            waiting = len(handles) < len(self.mine) or self.config.pruner == "asha"
+            timeout = min(0.2 if waiting else 5.0, self.config.heartbeat_interval, self.time_to_timeout())
+            ready = self.executor.wait(handles, max(0.0, timeout)) if handles else (time.sleep(timeout) or [])
+            by_handle = {f.handle: n for n, f in self.mine.items() if f.handle is not None}
+            for handle in ready:
+                number = by_handle[handle]
+                self.finish(number, self.executor.result(handle))
+            if ready:
+                self.show()
+
+    def start_one(self) -> bool:
+        """Ask one trial, claim its architecture; train it, wait for its twin, or answer it now."""
+        trial = self.study.ask()
+        trial_id = self.ledger.storage.get_trial_id_from_study_id_trial_number(self.ledger.study_id, trial.number)
+        self.ledger.note_asked(trial.number, trial_id)
+        self.heartbeat.add(trial_id)
+        spec = self.space.suggest(trial).with_classes(self.num_classes)
+        for name, value in {"spec_key": spec.key(), "seed": trial_seed(self.config.seed, trial.number), "driver": self.driver,
+                            "failure_reason": INTERRUPTED}.items():
+            trial.set_user_attr(name, value)
+        flight = InFlight(trial, trial_id, spec, time.monotonic(), int(trial.user_attrs.get("attempt", 0)))
+        self.mine[trial.number] = flight
+        self.ledger.refresh()  # sees other drivers' claims made meanwhile
+        ahead = [s for s in self.ledger.running() if s.number < trial.number]
+        if self.ledger.counted + len(ahead) >= self.config.n_trials:  # another driver took the last slot first
+            self.close(trial.number, {"status": "failed", "failure_reason": SURPLUS}, count=False)
+            return False
+        return self.decide(trial.number)
+
+    def decide(self, number: int) -> bool:
+        """Answer from a finished twin, wait for a running one with a lower number, or train; True if finished now."""
+        flight = self.mine[number]
+        key = flight.spec.key()
+        source = self.ledger.index.get(key)
+        if source is not None:
+            self.answer(number, self.ledger.fetch(source))
+            return True
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:  # lower-numbered trials asked a moment ago and still writing their claim: wait until it is visible
+            recent = time.time() - CLAIM_WAIT_SECONDS
+            pending = [s for s in self.ledger.running() if s.number < number and s.key is None and s.started > recent]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+            self.ledger.refresh()
+        if key in self.ledger.index:
+            self.answer(number, self.ledger.fetch(self.ledger.index[key]))
+            return True
+        twins = [s.number for s in self.ledger.running() if s.key == key and s.number < number]
+        if twins:
+            flight.winner = min(twins)
+            return False
+        flight.winner = None
+        train = replace(self.config.train, seed=trial_seed(self.config.seed, number), threads=max(1, int(self.config.cpus_per_trial)))
+        flight.handle = self.executor.submit(number, flight.spec, train)
+        flight.started = time.monotonic()
+        return False
+
+    def settle_waiters(self) -> bool:
+        changed = False
+        running = {s.number for s in self.ledger.running()}
+        for number, flight in list(self.mine.items()):
+            if flight.handle is None and flight.winner is not None and flight.winner not in running:
+                changed |= self.decide(number)
+        return changed
+
+    # -- pruning and time limits
+    def relay_pruning(self) -> bool:
+        for number, epoch, value in self.executor.reports():
+            flight = self.mine.get(number)
+            if flight is None:
+                self.executor.decide(number, epoch, True)  # timed out meanwhile: stop it
+                continue
+            flight.trial.report(value, epoch)
+            self.executor.decide(number, epoch, flight.trial.should_prune())
+        return False
+
+    def time_to_timeout(self) -> float:
+        starts = [f.started for f in self.mine.values() if f.handle is not None]
+        return max(0.0, min(starts) + self.config.trial_timeout - time.monotonic()) if starts else float("inf")
+
+    def enforce_timeouts(self) -> bool:
+        now, changed = time.monotonic(), False
+        for number, flight in list(self.mine.items()):
+            if flight.handle is not None and now - flight.started > self.config.trial_timeout:
+                self.executor.cancel(flight.handle)
+                self.finish(number, {"status": "failed", "failure_reason": f"{TIMEOUT} ({self.config.trial_timeout:g} s); cancelled"})
+                changed = True
+        return changed
+
+    # -- telling
+    def finish(self, number: int, record: dict[str, Any]) -> None:
+        status = record.get("status", "failed")
+        if status == "ok":
+            try:
+                record["reward"] = self.reward(record["accuracy"], record["normalized_step_time"], record["normalized_params"])
+            except (ValueError, KeyError) as error:
+                record["status"], record["failure_reason"] = "failed", f"reward: {error}"
+        self.close(number, record)
+
+    def close(self, number: int, record: dict[str, Any], count: bool = True) -> None:
+        """Store ``record`` on this driver's trial and tell its state; a trial failed meanwhile as stale is left as is."""
+        flight = self.mine.pop(number)
+        self.heartbeat.remove(flight.trial_id)
+        status = record.get("status", "failed")
+        state = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(status, TrialState.FAIL)
+        try:
+            for name, value in record.items():
+                if name != "traceback":
+                    flight.trial.set_user_attr(name, json.loads(json.dumps(value, default=str)))
+            if state == TrialState.COMPLETE:
+                self.annotate(flight.trial)
+                values = [record["accuracy"], record["normalized_step_time"], record["normalized_params"]] if self.multi else record["reward"]
+                self.study.tell(flight.trial, values)
+            else:
+                self.study.tell(flight.trial, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.progress.log(f"warning: trial {number} was recovered by another driver (heartbeat too late); its result is dropped")
+            return
+        self.new_done += count
+        key = record.get("spec_key", flight.spec.key())
+        reward = record.get("reward") if state == TrialState.COMPLETE else None
+        self.ledger.absorb(Seen(number, state, key, record.get("failure_reason"), flight.attempt, None, reward))
+
+    def answer(self, number: int, source: optuna.trial.FrozenTrial) -> None:
+        """Finish ``number`` with the record of ``source``, a finished trial of the same architecture."""
+        record = {k: v for k, v in source.user_attrs.items() if k not in NOT_COPIED}
+        record["reused_from"] = source.number
+        record["status"] = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned"}.get(source.state, "failed")
+        self.finish(number, record)
+
+    def annotate(self, trial: optuna.Trial) -> None:
+        """Dashboard note and spec artifact for a trial about to complete; never breaks the sweep."""
+        try:
+            from runners.dashboard import annotate_trial
+
+            annotate_trial(self.study, trial, self.config.run_dir, self.config.reward)
+        except Exception as error:
+            print(f"warning: dashboard note for trial {trial.number} not written: {error}", file=sys.stderr)
+
+    def show(self) -> None:
+        c = self.ledger.counts
+        self.progress.update(self.ledger.counted, len(self.ledger.running()), c["failed"], c["pruned"], self.ledger.best, self.new_done)

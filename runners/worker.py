@@ -1,18 +1,25 @@
-"""The Ray worker side of a sweep: evaluate one candidate, never raise (failures become records)."""
+"""The Ray worker side of a sweep: evaluate one candidate, never raise (failures become records).
+
+Pruning decisions are the driver's: the worker posts each epoch's validation accuracy to a
+``PruneBoard`` actor and waits for the driver's answer (the driver reports to its own
+``optuna.Trial`` and asks the pruner), so no worker opens the study.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 import traceback
-from dataclasses import replace
 from typing import Any
 
 import optuna
 
 from nas.data import Dataset
 from nas.spec import NetworkSpec
-from runners.config import config_from_dict
-from runners.study import quiet_optuna, rdb_storage
+from nas.timing import TimingConfig
+from nas.train import TrainConfig
+
+DECISION_WAIT_SECONDS = 600.0  # a driver that does not answer: train on rather than hang
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -20,42 +27,74 @@ def trial_seed(study_seed: int, number: int) -> int:
     return (study_seed * 1_000_003 + number * 7919 + 17) % (2**31 - 1)
 
 
-
 def asha_pruner() -> optuna.pruners.BasePruner:
-    """The successive-halving pruner; driver and workers must build the same one."""
+    """The successive-halving pruner of ``--pruner asha``."""
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
 
 
+class PruneBoard:
+    """A mailbox between workers and the driver (run as a Ray actor): per-epoch values in, decisions out.
 
-def evaluate_trial(spec_json: dict, dataset: Dataset, config_json: dict, backbone_json: dict, seed: int,
-                   prune: dict | None, use_gpu: bool, run_dir: str) -> dict[str, Any]:
-    """Runs inside a Ray worker: evaluate one candidate; never raises (failures become records)."""
+    >>> board = PruneBoard()
+    >>> board.report(3, 1, 0.5); board.take_reports()
+    [(3, 1, 0.5)]
+    >>> board.decide(3, 1, True); board.decision(3, 1)
+    True
+    """
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int, float]] = []
+        self.decisions: dict[tuple[int, int], bool] = {}
+
+    def report(self, number: int, epoch: int, value: float) -> None:
+        self.reports.append((number, epoch, value))
+
+    def take_reports(self) -> list[tuple[int, int, float]]:
+        reports, self.reports = self.reports, []
+        return reports
+
+    def decide(self, number: int, epoch: int, prune: bool) -> None:
+        self.decisions[(number, epoch)] = prune
+
+    def decision(self, number: int, epoch: int) -> bool | None:
+        return self.decisions.pop((number, epoch), None)
+
+
+def _ask_driver(board: Any, number: int):
+    """An epoch callback that sends the value to the driver and returns its prune decision."""
+    import ray
+
+    def on_epoch(epoch: int, metrics: dict) -> bool:
+        ray.get(board.report.remote(number, epoch, float(metrics["val_accuracy"])))
+        deadline = time.monotonic() + DECISION_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            decision = ray.get(board.decision.remote(number, epoch))
+            if decision is not None:
+                return decision
+            time.sleep(0.05)
+        return False
+
+    return on_epoch
+
+
+def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timing: TimingConfig, backbone: NetworkSpec,
+                   use_gpu: bool, run_dir: str, prune: tuple[Any, int] | None = None) -> dict[str, Any]:
+    """Runs inside a Ray worker: evaluate one candidate; never raises (failures become records).
+
+    ``train`` already carries the trial's seed and thread count; ``prune`` is (PruneBoard actor, trial number).
+    """
+    import ray
     import torch
 
     from nas.timing import ReferenceCache
     from runners.evaluate import evaluate_candidate
 
-    config = config_from_dict(config_json)
-    threads = max(1, int(config.cpus_per_trial))
-    torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
-    train = replace(config.train, seed=seed, threads=threads)
-    on_epoch = None
-    if prune is not None:
-        quiet_optuna()
-        study = optuna.load_study(study_name=prune["study"], storage=rdb_storage(prune["storage"]),
-                                  pruner=asha_pruner())
-        trial = optuna.trial.Trial(study, prune["trial_id"])
-
-        def on_epoch(epoch: int, metrics: dict) -> bool:
-            trial.report(metrics["val_accuracy"], epoch)
-            return trial.should_prune()
-
-    import ray
-
+    torch.set_num_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
+    on_epoch = _ask_driver(*prune) if prune is not None else None
     node = ray.get_runtime_context().get_node_id()
     try:
         record = evaluate_candidate(
-            NetworkSpec.from_dict(spec_json), dataset, train, config.timing, backbone=NetworkSpec.from_dict(backbone_json),
+            spec, dataset, train, timing, backbone=backbone,
             device="cuda" if use_gpu and torch.cuda.is_available() else "cpu", on_epoch=on_epoch,
             reference_cache=ReferenceCache(os.path.join(run_dir, "reference_times.json")),
         )

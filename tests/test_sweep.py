@@ -54,8 +54,10 @@ def test_failing_evaluation_is_stored_fail_and_sweep_completes(tmp_path):
 
 
 def test_resume_after_sigkill(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("heartbeat_interval: 1\ngrace_period: 3\n")  # the killed driver's trial goes stale after 3 s
     args = [sys.executable, "-m", "runners.cli", "search", "--name", "resume", "--runs-dir", str(tmp_path), "--trials", "5",
-            "--concurrent", "1", "--sampler", "random", "--quiet", *FAST]
+            "--concurrent", "1", "--sampler", "random", "--quiet", "--config", str(cfg), *FAST]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "resume" / "study.db"
@@ -95,6 +97,17 @@ def test_resume_after_sigkill(tmp_path):
     retried = [t for t in complete if "retry_of" in t.user_attrs]
     assert {t.user_attrs["retry_of"] for t in retried} == {t.number for t in interrupted}
     assert result.json()["trials_this_run"] == 5 - len(before)
+    assert result.json()["recovered"] == len(interrupted)
+
+
+def test_trial_timeout_cancels_and_sweep_goes_on(tmp_path):
+    result = run_nas("search", "--name", "slow", "--runs-dir", tmp_path, "--trials", "2", "--concurrent", "2", "--sampler", "random",
+                     "--trial-timeout", "2", *FAST, "--json")
+    assert result.code == 1, result.err  # nothing completed: a runtime failure, but the sweep ran to its end
+    assert result.json()["failed"] == 2
+    trials = open_run(tmp_path / "slow").study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all(t.user_attrs["failure_reason"].startswith("timeout") for t in trials)
 
 
 def test_two_node_cluster(tmp_path):
@@ -129,6 +142,7 @@ print(json.dumps(summary))
         (["--data", "/no/such/data"], "/no/such/data"),
         (["--sampler", "annealing"], "sampler"),
         (["--reward", "speed"], "speed"),
+        (["--trial-timeout", "0"], "trial_timeout"),
     ],
 )
 def test_bad_flags(tmp_path, extra, needle):
