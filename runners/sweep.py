@@ -24,6 +24,7 @@ from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
 from runners.config import SweepConfig
+from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.study import best_scored, quiet_optuna, rdb_storage
 from runners.worker import asha_pruner, evaluate_trial, trial_seed
 from search_spaces import SearchSpace, make_sampler
@@ -67,7 +68,8 @@ def _check_address(address: str) -> None:
 
 def init_ray(config: SweepConfig) -> bool:
     """Start Ray in-process (or join ``config.address``); returns True when we started it."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token warning, no ~/.ray/auth_token
+    if not config.address:
+        local_ray_environment(os.environ)  # before `import ray`: Ray reads these at import
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if config.ray_tmpdir:
         os.environ["RAY_TMPDIR"] = str(config.ray_tmpdir)
@@ -86,7 +88,7 @@ def init_ray(config: SweepConfig) -> bool:
 
 
 def _prepare_run_dir(config: SweepConfig) -> None:
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.run_dir)  # 0700, and owner-only files from here on
     stored_file = config.run_dir / "config.json"
     current = json.loads(json.dumps(config.to_dict()))
     if stored_file.is_file():
@@ -199,7 +201,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         if started_ray:
             ray.shutdown()
     best = best_scored(study)  # by reward, also in multi-objective runs (reward is stored there too)
-    return {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **_counts(study),
+    return {"run_dir": str(config.run_dir), "study": config.name, "storage": mask_url(config.storage_url), **_counts(study),
             "trials_this_run": new_done, "best_trial": best.number if best else None,
             "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
             "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds}
