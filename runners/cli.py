@@ -167,14 +167,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         "address": args.address, "ray_tmpdir": args.ray_tmpdir, "ray_dashboard": args.ray_dashboard or None,
         "quiet": args.quiet or None, "train": train or None, "timing": timing or None, "reward": reward or None,
     }
-    if args.storage and url_password(args.storage):
-        print("nas search: warning: a password in --storage is visible to other users (process list) and Ray records the "
-              "command line as the job's entrypoint; prefer NAS_STORAGE or PGPASSWORD / ~/.pgpass", file=sys.stderr)
     if args.space:
         from nas.io import load_config_file
 
         overrides["space"] = load_config_file(args.space, "space config")
     summary = run_sweep(resolve_config(args.config, overrides))
+    if args.storage and url_password(args.storage):  # after the sweep: bad input stays a one-line error
+        print("nas search: warning: a password in --storage is visible to other users (process list) and Ray records the "
+              "command line as the job's entrypoint; prefer NAS_STORAGE or PGPASSWORD / ~/.pgpass", file=sys.stderr)
     text = (f"sweep {summary['study']} in {summary['run_dir']}: {summary['complete']} complete, {summary['pruned']} pruned, "
             f"{summary['failed']} failed, {summary['wall_seconds']:.0f} s")
     if summary.get("best_reward") is not None:

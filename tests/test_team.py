@@ -225,7 +225,7 @@ def _dashboard_api(run_dir: Path, url: str) -> tuple[list[bytes], Result]:
             except OSError:
                 time.sleep(0.5)
         assert bodies, "the dashboard did not answer"
-        study_id = json.loads(bodies[0])["studies"][0]["study_id"]
+        study_id = json.loads(bodies[0])["study_summaries"][0]["study_id"]
         bodies.append(_get(f"http://127.0.0.1:{port}/api/studies/{study_id}"))
     finally:
         proc.terminate()
