@@ -75,6 +75,9 @@ def _fixed_width(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+STORAGE_HELP = "the run's storage URL with its password, for a study in PostgreSQL (default $NAS_STORAGE)"
+
+
 # ---- inspect / scale ---------------------------------------------------------------------
 def stage_table(spec: Any) -> str:
     """A fixed-width table of the stages of ``spec``."""
@@ -184,6 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from runners.config import resolve_config
+    from runners.credentials import storage_option, url_password
     from runners.preflight import undo_new_run
     from runners.sweep import run_sweep
 
@@ -195,7 +199,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     overrides = {
         "name": args.name, "runs_dir": args.runs_dir, "data": args.data, "backbone": args.backbone, "n_trials": args.trials,
         "max_concurrent": args.concurrent, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-        "sampler": args.sampler, "seed": args.seed, "objective": args.objective, "pruner": args.pruner, "storage": args.storage,
+        "sampler": args.sampler, "seed": args.seed, "objective": args.objective, "pruner": args.pruner, "storage": storage_option(args.storage),
         "address": args.address, "ray_tmpdir": args.ray_tmpdir, "ray_dashboard": args.ray_dashboard or None,
         "quiet": args.quiet or None, "trial_timeout": args.trial_timeout, "train": train or None, "timing": timing or None, "reward": reward or None,
     }
@@ -206,6 +210,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = resolve_config(args.config, overrides)
     with undo_new_run(config):  # a check that needs Ray running comes after the run directory exists
         summary = run_sweep(config)
+    if args.storage and url_password(args.storage):  # after the sweep: bad input stays a one-line error
+        print("nas search: warning: a password in --storage is visible to other users (process list) and Ray records the "
+              "command line as the job's entrypoint; prefer NAS_STORAGE or PGPASSWORD / ~/.pgpass", file=sys.stderr)
     text = (f"sweep {summary['study']} in {summary['run_dir']}: {summary['complete']} complete, {summary['pruned']} pruned, "
             f"{summary['failed']} failed, {summary['wall_seconds']:.0f} s")
     if summary.get("best_reward") is not None:
@@ -217,13 +224,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from runners.credentials import storage_option
     from runners.preflight import check_reward
     from runners.results import rescore
     from runners.study import open_run
 
     options = {"w": args.w, "v": args.v, "target": args.target, "alpha": args.alpha, "beta": args.beta}
     check_reward(args.reward, {k: v for k, v in options.items() if v is not None})
-    run = open_run(args.run_dir)
+    run = open_run(args.run_dir, storage_option(args.storage))
     rows = rescore(run, args.reward, **options)
     top = rows[: args.top]
     lines = [f"{len(rows)} finished trials re-scored with {args.reward} "
@@ -240,6 +248,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from nas.io import check_output_dir, check_output_file
+    from runners.credentials import storage_option
     from runners.results import export
     from runners.study import open_run
 
@@ -247,26 +256,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_output_dir(args.output, "-o")
     else:
         check_output_file(args.output, "-o", args.force)
-    paths = export(open_run(args.run_dir), args.trial, args.output, force=args.force)
+    paths = export(open_run(args.run_dir, storage_option(args.storage)), args.trial, args.output, force=args.force)
     _emit(args, {"written": [str(p) for p in paths]}, "\n".join(f"wrote {p}" for p in paths))
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from runners.credentials import owner_only_files, storage_option
     from runners.dashboard import serve
 
-    serve(args.run_dir, host=args.host, port=args.port)
+    owner_only_files()  # its artifacts go into the run directory
+    serve(args.run_dir, host=args.host, port=args.port, storage=storage_option(args.storage))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from nas.io import check_output_file
+    from runners.credentials import owner_only_files, storage_option
     from runners.report import write_report
     from runners.study import open_run
 
     if args.output:  # the default RUN_DIR/report.html is the tool's own and is refreshed
         check_output_file(args.output, "-o", args.force)
-    run = open_run(args.run_dir)
+    owner_only_files()  # the report goes into the run directory by default
+    run = open_run(args.run_dir, storage_option(args.storage))
     path = write_report(run, args.output or run.path / "report.html")
     _emit(args, {"report": str(path)}, f"wrote {path}")
     return 0
@@ -412,7 +425,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-image-size", type=_positive_int)
     p.add_argument("--timing-batch-size", type=_positive_int)
     p.add_argument("--timing-steps", type=_positive_int)
-    p.add_argument("--storage", help="Optuna RDB URL (default sqlite in the run directory; postgresql://... for a team)")
+    p.add_argument("--storage", help="Optuna RDB URL (default: $NAS_STORAGE, else sqlite in the run directory; postgresql://... for a team)")
     p.add_argument("--address", help="join a Ray cluster (HOST:PORT of `ray start --head`, or auto)")
     p.add_argument("--ray-tmpdir", help="Ray's temp directory")
     p.add_argument("--ray-dashboard", action="store_true", help="start Ray's own dashboard (off by default)")
@@ -430,6 +443,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_finite_float, help="constrained: exponent when the target is met")
     p.add_argument("--beta", type=_finite_float, help="constrained: exponent when it is not")
     p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rescore)
 
@@ -438,6 +452,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", default="best", help="best (default), pareto (writes a directory), or a trial number")
     p.add_argument("-o", "--output", required=True, help="arch.json (a directory with --trial pareto)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -445,12 +460,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8080)
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html, refreshed each time)")
     p.add_argument("--force", action="store_true", help="overwrite an existing -o file")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -486,7 +503,9 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(printable(str(error)).split())
+    from runners.credentials import scrub
+
+    return " ".join(printable(scrub(str(error))).split())  # no storage password in any message
 
 
 def main(argv: list[str] | None = None) -> int:

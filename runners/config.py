@@ -20,6 +20,7 @@ from nas.io import load_config_file
 from nas.timing import TimingConfig
 from nas.train import TrainConfig
 from rewards import DEFAULT_OPTIONS, REWARD_OPTIONS, RewardError, get_reward
+from runners.credentials import mask_url, remember_secret
 from search_spaces import SAMPLERS
 
 OBJECTIVES = ("reward", "multi")
@@ -73,7 +74,7 @@ class SweepConfig:
     objective: str = "reward"
     reward: dict[str, Any] = field(default_factory=lambda: {"name": "paper", **DEFAULT_OPTIONS["paper"]})
     pruner: str = "none"
-    storage: str | None = None
+    storage: str | None = field(default=None, repr=False)  # may hold a password: never in a repr
     address: str | None = None
     ray_tmpdir: str | None = None
     ray_dashboard: bool = False
@@ -110,6 +111,7 @@ class SweepConfig:
             raise InputError(str(error)) from None
         if self.storage is not None:
             check_storage_url(self.storage)
+            remember_secret(self.storage)
         if self.address is not None and self.address != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", self.address):
             raise InputError(f"address: {self.address!r} is not allowed, allowed HOST:PORT, ray://HOST:PORT or auto")
 
@@ -125,15 +127,20 @@ class SweepConfig:
         return get_reward(self.reward["name"], **{k: v for k, v in self.reward.items() if k != "name"})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as stored and shown (``config.json``, study attributes): the storage password masked."""
+        data = asdict(self)
+        if self.storage is not None:
+            data["storage"] = mask_url(self.storage)
+        return data
 
 
 def check_storage_url(url: str) -> None:
     """Reject what cannot be an Optuna RDB URL (``sqlite:///``, ``postgresql://``, ``mysql://``)."""
     if not isinstance(url, str) or not re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", url):
-        raise InputError(f"storage: {url!r} is not an RDB URL, allowed sqlite:///PATH, postgresql://..., mysql://...")
+        shown = mask_url(url) if isinstance(url, str) else url
+        raise InputError(f"storage: {shown!r} is not an RDB URL, allowed sqlite:///PATH, postgresql://..., mysql://...")
     if url.startswith("sqlite") and not url.startswith("sqlite:///"):
-        raise InputError(f"storage: {url!r} is not allowed, allowed sqlite:///PATH (three slashes)")
+        raise InputError(f"storage: {mask_url(url)!r} is not allowed, allowed sqlite:///PATH (three slashes)")
 
 
 _TOP = {f.name for f in fields(SweepConfig)}

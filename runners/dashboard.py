@@ -130,12 +130,12 @@ def check_listen(host: str, port: int) -> None:
             raise InputError(f"--host: cannot listen on {host} ({error.strerror}), allowed an address of this machine") from None
 
 
-def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_seconds: float = 5.0) -> None:
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_seconds: float = 5.0, storage: str | None = None) -> None:
     """Serve the run's study with optuna-dashboard; annotations are refreshed in the background."""
     from optuna_dashboard import run_server
 
     check_listen(host, port)
-    run = open_run(run_dir)
+    run = open_run(run_dir, storage)
     # notes need a live Trial; a random sampler keeps its construction free of sampler work
     study = optuna.load_study(study_name=run.config.name, storage=run.study._storage, sampler=optuna.samplers.RandomSampler())
     annotate(study, run.path, run.config.reward)

@@ -13,6 +13,7 @@ import nas
 from nas.errors import InputError
 from nas.io import atomic_write_json
 from rewards import RewardError, get_reward, pareto_front
+from runners.credentials import mask_url
 from runners.study import Run, best_scored, raw_metrics, scored_trials, trial_spec
 
 
@@ -76,7 +77,7 @@ def pick_trials(run: Run, which: str) -> list[optuna.trial.FrozenTrial]:
 def provenance(run: Run, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     a = trial.user_attrs
     return {
-        "study": run.config.name, "storage": run.config.storage_url, "run_dir": str(run.path), "trial": trial.number,
+        "study": run.config.name, "storage": mask_url(run.config.storage_url), "run_dir": str(run.path), "trial": trial.number,
         "accuracy": a.get("accuracy"), "normalized_step_time": a.get("normalized_step_time"), "step_time_ms": a.get("step_time_ms"),
         "reference_step_time_ms": a.get("reference_step_time_ms"), "params": a.get("params"),
         "normalized_params": a.get("normalized_params"), "reward": a.get("reward"), "reward_config": run.config.reward,

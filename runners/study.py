@@ -16,7 +16,8 @@ import optuna
 from nas.errors import InputError
 from nas.io import read_json_mapping
 from nas.spec import NetworkSpec
-from runners.config import SweepConfig, config_from_dict
+from runners.config import SweepConfig, check_storage_url, config_from_dict
+from runners.credentials import STORAGE_ENV, is_masked, mask_url, remember_secret, same_database, scrub
 
 MADE_BY = "a run directory made by `nas search`"
 RAW_METRICS = ("accuracy", "normalized_step_time", "normalized_params", "step_time_ms", "params")
@@ -34,13 +35,35 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
     The sweep driver passes heartbeat settings (and what to do with a stale trial); readers do not.
     """
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    remember_secret(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
     except Exception as error:
-        raise InputError(f"storage: cannot open {url!r}: {str(error).splitlines()[0]}") from None
+        # the message names the masked URL; the driver's text is scrubbed of the password
+        raise InputError(f"storage: cannot open {mask_url(url)!r}: {scrub(str(error).splitlines()[0])}") from None
+
+
+def run_storage_url(config: SweepConfig, path: Path, storage: str | None = None) -> str:
+    """Where a run's study lives: its own SQLite file, or the stored URL with the password from ``storage``.
+
+    ``config.json`` keeps the storage URL masked, so a PostgreSQL run whose URL had a password needs
+    the URL again (``--storage`` or ``NAS_STORAGE``); a URL without one (libpq's PGPASSWORD or
+    ~/.pgpass) is used as stored.
+    """
+    if not config.storage:
+        return f"sqlite:///{(path / 'study.db').resolve()}"  # --storage / NAS_STORAGE do not apply to it
+    if storage is None:
+        if is_masked(config.storage):
+            raise InputError(f"storage: the study is in {config.storage} and the run directory does not keep passwords; "
+                             f"give the URL with --storage or {STORAGE_ENV} (or leave the password out and use PGPASSWORD / ~/.pgpass)")
+        return config.storage
+    check_storage_url(storage)
+    if not same_database(storage, config.storage):
+        raise InputError(f"storage: {mask_url(storage)} is not this run's storage ({config.storage})")
+    return storage
 
 
 @dataclass
@@ -65,8 +88,11 @@ class Run:
         raise InputError(f"trial: no trial number {number} in {self.path}, allowed 0..{len(self.study.trials) - 1}")
 
 
-def open_run(run_dir: str | Path) -> Run:
-    """Open ``run_dir`` (made by ``nas search``); a missing or foreign directory is an InputError."""
+def open_run(run_dir: str | Path, storage: str | None = None) -> Run:
+    """Open ``run_dir`` (made by ``nas search``); a missing or foreign directory is an InputError.
+
+    ``storage``: the run's storage URL with its password, for a study in PostgreSQL (see :func:`run_storage_url`).
+    """
     quiet_optuna()
     path = Path(run_dir)
     config_file = path / "config.json"
@@ -79,13 +105,12 @@ def open_run(run_dir: str | Path) -> Run:
         config = config_from_dict(raw)
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise InputError(f"run directory: {config_file} is not a sweep config ({(str(error) or type(error).__name__).splitlines()[0]}), allowed {MADE_BY}") from None
-    url = config.storage_url if config.storage else f"sqlite:///{(path / 'study.db').resolve()}"
+    url = run_storage_url(config, path, storage)
     if url.startswith("sqlite:///") and not Path(url.split("?", 1)[0].removeprefix("sqlite:///")).is_file():
         # opening would create an empty database: reading commands never create files
         raise InputError(f"run directory: {str(path)!r} holds no study ({url.removeprefix('sqlite:///')} does not exist), allowed {MADE_BY}")
-    storage = rdb_storage(url)
     try:
-        study = optuna.load_study(study_name=config.name, storage=storage)
+        study = optuna.load_study(study_name=config.name, storage=rdb_storage(url))
     except KeyError:
         raise InputError(f"run directory: the study {config.name!r} is not in its storage") from None
     return Run(path, config, study)

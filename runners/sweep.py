@@ -43,6 +43,7 @@ from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import SweepConfig
+from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.preflight import check_address, check_resources, check_sweep
 from runners.study import best_scored, quiet_optuna, rdb_storage
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
@@ -81,7 +82,8 @@ class Progress:
 
 def init_ray(config: SweepConfig) -> bool:
     """Start Ray in-process (or join ``config.address``); returns True when we started it."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token warning, no ~/.ray/auth_token
+    if not config.address:
+        local_ray_environment(os.environ)  # before `import ray`: Ray reads these at import
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if config.ray_tmpdir:
         os.environ["RAY_TMPDIR"] = str(config.ray_tmpdir)
@@ -100,7 +102,7 @@ def init_ray(config: SweepConfig) -> bool:
 
 
 def _write_run_config(config: SweepConfig) -> None:
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.run_dir)  # 0700, and owner-only files from here on
     atomic_write_json(config.run_dir / "config.json", json.loads(json.dumps(config.to_dict())))
 
 
@@ -428,7 +430,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     progress = Progress(config.n_trials, config.quiet)
     recovered = [0]
     if config.storage is None:
-        config.run_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite study lives there
+        private_dir(config.run_dir)  # the default SQLite study lives there
     storage = rdb_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
                           stale_callback=requeue_stale(config.max_retries, recovered))
     driver = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -469,7 +471,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
             ray.shutdown()
     counts = _counts(study, config.max_retries)
     best = best_scored(study)  # by reward, also in multi-objective runs (reward is stored there too)
-    return {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **counts,
+    return {"run_dir": str(config.run_dir), "study": config.name, "storage": mask_url(config.storage_url), **counts,
             "trials_this_run": driver_run.new_done, "best_trial": best.number if best else None,
             "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
             "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds, "recovered": recovered[0]}
