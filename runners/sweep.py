@@ -24,8 +24,10 @@ from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
 from runners.config import SweepConfig
-from runners.study import best_scored, quiet_optuna, rdb_storage
+from runners.dashboard import refresh_figures
+from runners.study import backbone_numbers, best_scored, quiet_optuna, rdb_storage, scored_trials
 from runners.worker import asha_pruner, evaluate_trial, trial_seed
+from runners.yardstick import ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
 
 INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"
@@ -111,6 +113,7 @@ def recover_interrupted(study: optuna.Study) -> int:
 
 def _counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
+    trials = [t for t in trials if t.number not in backbone_numbers(trials)]
     failed_real = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("failure_reason") != INTERRUPTED]
     return {
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
@@ -150,6 +153,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     recovered = recover_interrupted(study)
     if recovered:
         progress.log(f"resuming {config.name}: {recovered} interrupted trial(s) marked failed and queued again")
+    ensure_backbone_trial(study, space)  # the yardstick: evaluated first, never counted toward n_trials
 
     started_ray = init_ray(config)
     import ray
@@ -195,9 +199,12 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                     record = {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
                 _tell(study, trial, record, reward, multi, config)
                 new_done, changed = new_done + 1, True
+                if new_done % 4 == 0:
+                    refresh_figures(study)  # dashboard figures; never raises
     finally:
         if started_ray:
             ray.shutdown()
+    refresh_figures(study)
     best = best_scored(study)  # by reward, also in multi-objective runs (reward is stored there too)
     return {"run_dir": str(config.run_dir), "study": config.name, "storage": config.storage_url, **_counts(study),
             "trials_this_run": new_done, "best_trial": best.number if best else None,
@@ -228,7 +235,7 @@ def _values(record: dict[str, Any], reward_value: float, multi: bool) -> list[fl
 def _reuse_duplicate(study: optuna.Study, trial: optuna.Trial, spec: NetworkSpec, multi: bool, config: SweepConfig) -> bool:
     """Answer ``trial`` from a finished trial with the same architecture, without training."""
     key = spec.key()
-    for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for done in scored_trials(study):  # never the backbone yardstick
         if done.user_attrs.get("spec_key") == key and "reward" in done.user_attrs and done.number != trial.number:
             for name, value in done.user_attrs.items():
                 if name not in ("seed", "reused_from", "retry_of"):
