@@ -34,15 +34,16 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class ReinforceSampler(HistorySampler):
     """Independent per-parameter logits trained by REINFORCE with a moving-average reward baseline."""
 
-    def __init__(self, seed: int | None = None, learning_rate: float = 0.1, baseline_decay: float = 0.9,
-                 clip: float = 3.0) -> None:
+    def __init__(self, seed: int | None = None, learning_rate: float = 0.1, baseline_decay: float = 0.97,
+                 clip: float = 3.0, exploration: float = 0.0) -> None:
         super().__init__(seed)
         self._replayed: dict[str, tuple[list[tuple[int, float]], Any]] = {}  # memo: (trial number, reward) replayed -> policy state
         for name, value, low, high in (("learning_rate", learning_rate, 0.0, 100.0), ("baseline_decay", baseline_decay, 0.0, 1.0),
-                                       ("clip", clip, 0.0, 1e6)):
+                                       ("clip", clip, 0.0, 1e6), ("exploration", exploration, -1e-12, 1.0)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < high:
                 raise InputError(f"{name}: {value!r} is not allowed, allowed a number in ({low:g}, {high:g})")
         self.learning_rate, self.baseline_decay, self.clip = float(learning_rate), float(baseline_decay), float(clip)
+        self.exploration = float(exploration)
 
     def policy(self, study: optuna.Study) -> dict[tuple[str, tuple[Any, ...]], np.ndarray]:
         """The logits after replaying every scored trial; keyed by (parameter name, its choices)."""
@@ -89,5 +90,6 @@ class ReinforceSampler(HistorySampler):
     def _draw(self, logits: dict, name: str, distribution: Distribution, number: int) -> Any:
         choices = choices_of(distribution)
         weights = logits.get((name, choices), np.zeros(len(choices)))
-        index = rng_for(self.seed, number, name).choice(len(choices), p=_softmax(weights))
+        probabilities = (1 - self.exploration) * _softmax(weights) + self.exploration / len(choices)  # a floor keeps exploring
+        index = rng_for(self.seed, number, name).choice(len(choices), p=probabilities)
         return choices[int(index)]
