@@ -108,7 +108,7 @@ def main() -> None:
             sweep = nas("search", "--name", "bench", "--runs-dir", tmp, "--data", str(data), "--trials", str(args.trials),
                         "--concurrent", "2", "--sampler", args.sampler, "--seed", "0", "--epochs", str(args.epochs),
                         "--image-size", str(args.size), "--timing-image-size", "32", "--timing-batch-size", "16",
-                        "--timing-steps", "5", "--quiet")
+                        "--timing-steps", "3", "--quiet")
             print(f"sweep: {sweep['complete']} complete + backbone, {sweep['failed']} failed, best trial {sweep['best_trial']} "
                   f"reward {sweep['best_reward']:.4f}, {sweep['bench_wall_seconds']:.0f} s", flush=True)
             run_dir = str(Path(tmp) / "bench")

@@ -190,7 +190,7 @@ def figure_choices(trials: list[optuna.trial.FrozenTrial]):
                 best.append(counts_top[value] / len(top))
         figure.add_trace(go.Bar(x=labels, y=every, name="all", marker_color="#636efa", showlegend=row == 1), row=row, col=1)
         figure.add_trace(go.Bar(x=labels, y=best, name="top 10%", marker_color="#ef553b", showlegend=row == 1), row=row, col=1)
-    figure.update_layout(title="NAS: choices per stage, top 10% vs all", barmode="group", height=900)
+    figure.update_layout(title="NAS: choices per stage, top 10% vs all", barmode="group")
     return figure
 
 
