@@ -236,7 +236,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     config = FidelityConfig(trials=args.trials, epochs=args.epochs or 4 * run.config.train.epochs,
                             image_size=args.image_size or run.config.train.image_size, data_fraction=args.data_fraction,
                             concurrent=args.concurrent or run.config.max_concurrent)
-    result = run_fidelity(run, config, quiet=args.json)
+    result = run_fidelity(run, config)
     _emit(args, result, summary_text(result))
     return 0 if result["trials"] else 1
 

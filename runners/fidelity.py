@@ -146,7 +146,7 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
     torch.set_num_threads(max(1, config.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
     try:
         images, labels, val_images, val_labels = dataset.split_validation(config.validation_fraction, seed=0)
-        keep = max(config.batch_size, int(len(images) * data_fraction))  # the split is shuffled: a prefix is a random subset
+        keep = min(len(images), max(config.batch_size, int(len(images) * data_fraction)))  # the split is shuffled: a prefix is a random subset
         device = pick_device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         data = DeviceData(images[:keep], labels[:keep], val_images, val_labels, device=device)
         result = train_proxy(NetworkSpec.from_dict(spec_json), data, config)
