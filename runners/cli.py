@@ -241,8 +241,12 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         change = f"{r['rank_change']:+d}" if r["rank_change"] else "="
         lines.append(f"{r['rank']:>4} {change:>6} {r['number']:>5} {r['reward']:>8.4f} {r['old_reward']:>8.4f} "
                      f"{r['accuracy']:>6.3f} {r['normalized_step_time']:>6.3f} {r['normalized_params']:>6.3f}  {r['spec_key']}")
-    _emit(args, {"reward": args.reward, "options": {k: v for k, v in options.items() if v is not None}, "trials": top},
-          "\n".join(lines))
+    from runners.results import rescore_yardstick
+    from runners.yardstick import summary_lines
+
+    yardstick = rescore_yardstick(run, args.reward, **options)
+    _emit(args, {"reward": args.reward, "options": {k: v for k, v in options.items() if v is not None}, "trials": top,
+                 "backbone": yardstick}, "\n".join(lines + summary_lines(yardstick)))
     return 0
 
 
@@ -283,6 +287,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(run, args.output or run.path / "report.html")
     _emit(args, {"report": str(path)}, f"wrote {path}")
     return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from runners.fidelity import FidelityConfig, run_fidelity, summary_text
+    from runners.study import open_run
+
+    run = open_run(args.run_dir)
+    config = FidelityConfig(trials=args.trials, epochs=args.epochs or 4 * run.config.train.epochs,
+                            image_size=args.image_size or run.config.train.image_size, data_fraction=args.data_fraction,
+                            concurrent=args.concurrent or run.config.max_concurrent)
+    result = run_fidelity(run, config)
+    _emit(args, result, summary_text(result))
+    return 0 if result["trials"] else 1
 
 
 def _scale_family(spec: Any, args: argparse.Namespace) -> int:
@@ -470,6 +487,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("fidelity", help="retrain K finished trials longer: does the proxy rank them like a long schedule?")
+    p.add_argument("run_dir")
+    p.add_argument("--trials", type=_positive_int, default=8, help="trials to retrain, incl. the best and the backbone (default 8)")
+    p.add_argument("--epochs", type=_positive_int, help="long-schedule epochs (default 4x the sweep's)")
+    p.add_argument("--image-size", type=_positive_int, help="long-schedule image size (default the sweep's)")
+    p.add_argument("--data-fraction", type=_finite_float, default=1.0, help="share of the training split used (default 1)")
+    p.add_argument("--concurrent", type=_positive_int, help="retrainings at a time (default the sweep's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fidelity)
 
     p = sub.add_parser("train", help="final training with progressive learning (Algorithm 1)")
     p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")

@@ -101,7 +101,8 @@ def annotate(study: optuna.Study, run_dir: str | Path, reward_config: dict[str, 
         if not study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial._trial_id}"):
             annotate_trial(study, trial, run_dir, reward_config)
             count += 1
-    body = study_note(study, reward_config)
+    body = nas_study_note(study, reward_config)
+    refresh_figures(study, only_if_changed=True)
     if get_note(study) != body:
         save_note(study, body)
     return count
@@ -154,3 +155,143 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_secon
         run_server(run.study._storage, host=host, port=port, artifact_store=artifact_store(run.path))
     finally:
         stop.set()
+
+
+# ---- custom figures (optuna-dashboard's own API; refreshed by the sweep driver) ----------------
+FIGURE_IDS = ("nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity")
+
+
+def figure_a_vs_s(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
+    """A vs S, P as colour, the backbone as a red star."""
+    import plotly.graph_objects as go
+
+    a = [t.user_attrs for t in trials]
+    figure = go.Figure(go.Scatter(
+        x=[x["normalized_step_time"] for x in a], y=[x["accuracy"] for x in a], mode="markers", name="trials",
+        text=[f"trial {t.number}" for t in trials],
+        marker=dict(color=[x["normalized_params"] for x in a], colorscale="Viridis", showscale=True, size=9,
+                    colorbar=dict(title="P"))))
+    if backbone is not None:
+        b = backbone.user_attrs
+        figure.add_trace(go.Scatter(x=[b["normalized_step_time"]], y=[b["accuracy"]], mode="markers", name="backbone",
+                                    text=[f"backbone (trial {backbone.number})"],
+                                    marker=dict(symbol="star", size=18, color="red")))
+    figure.update_layout(title="NAS: accuracy A vs training step time S (colour: params P)",
+                         xaxis_title="S (step time / backbone)", yaxis_title="A (validation accuracy)")
+    return figure
+
+
+def figure_reward(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
+    """Reward per trial, best so far, and the backbone's reward as a horizontal line."""
+    import plotly.graph_objects as go
+
+    ordered = sorted(trials, key=lambda t: t.number)
+    rewards = [t.user_attrs["reward"] for t in ordered]
+    best = [max(rewards[: i + 1]) for i in range(len(rewards))]
+    figure = go.Figure([go.Scatter(x=[t.number for t in ordered], y=rewards, mode="markers", name="trial reward"),
+                        go.Scatter(x=[t.number for t in ordered], y=best, mode="lines", line_shape="hv", name="best so far")])
+    if backbone is not None:
+        figure.add_hline(y=backbone.user_attrs["reward"], line_dash="dash", line_color="red",
+                         annotation_text=f"backbone {backbone.user_attrs['reward']:.4f}")
+    figure.update_layout(title="NAS: reward over trials (dashed: the backbone)", xaxis_title="trial", yaxis_title="reward")
+    return figure
+
+
+def figure_choices(trials: list[optuna.trial.FrozenTrial]):
+    """Share of each choice per stage, top 10% by reward against all trials (one row per choice kind)."""
+    from collections import Counter
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    kinds = ("op", "layers", "kernel", "expansion")
+    top = sorted(trials, key=lambda t: -t.user_attrs["reward"])[: max(1, len(trials) // 10)]
+    figure = make_subplots(rows=len(kinds), cols=1, subplot_titles=[f"{k} per stage" for k in kinds])
+    for row, kind in enumerate(kinds, 1):
+        names = sorted({n for t in trials for n in t.params if n.endswith(f".{kind}")}, key=lambda n: int(n[5:].split(".")[0]))
+        labels, every, best = [], [], []
+        for name in names:
+            counts_all, counts_top = Counter(t.params.get(name) for t in trials), Counter(t.params.get(name) for t in top)
+            for value in sorted((v for v in counts_all if v is not None), key=str):
+                labels.append(f"{name.split('.')[0].replace('stage', 's')}:{str(value).replace('fused_mbconv', 'fused')}")
+                every.append(counts_all[value] / len(trials))
+                best.append(counts_top[value] / len(top))
+        figure.add_trace(go.Bar(x=labels, y=every, name="all", marker_color="#636efa", showlegend=row == 1), row=row, col=1)
+        figure.add_trace(go.Bar(x=labels, y=best, name="top 10%", marker_color="#ef553b", showlegend=row == 1), row=row, col=1)
+    figure.update_layout(title="NAS: choices per stage, top 10% vs all", barmode="group")
+    return figure
+
+
+def figure_fidelity(rows: list[dict[str, Any]]):
+    """Proxy reward vs long-schedule reward of the retrained trials (backbone as a star)."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for backbone, name, marker in ((False, "trials", dict(size=10)), (True, "backbone", dict(symbol="star", size=18, color="red"))):
+        part = [r for r in rows if r["backbone"] == backbone]
+        figure.add_trace(go.Scatter(x=[r["proxy_reward"] for r in part], y=[r["reward"] for r in part], mode="markers", name=name,
+                                    text=[f"trial {r['trial']}: A {r['proxy_accuracy']:.3f} -> {r['accuracy']:.3f}" for r in part],
+                                    marker=marker))
+    figure.update_layout(title="NAS: proxy fidelity, proxy reward vs long-schedule reward", xaxis_title="proxy reward",
+                         yaxis_title="long-schedule reward")
+    return figure
+
+
+_FIGURES_DRAWN: dict[str, tuple] = {}  # study name -> what the figures last showed (the dashboard polls)
+
+
+def refresh_figures(study: optuna.Study, only_if_changed: bool = False) -> list[str]:
+    """Write (overwrite) the NAS figures into the study; returns their ids. Never raises: the sweep must go on."""
+    try:
+        from optuna_dashboard import save_plotly_graph_object
+
+        from runners.study import backbone_trial
+
+        trials, backbone = scored_trials(study), backbone_trial(study)
+        rows = fidelity_rows(study)
+        drawn = (tuple(t.number for t in trials), backbone and backbone.number, tuple(r["trial"] for r in rows))
+        if only_if_changed and _FIGURES_DRAWN.get(study.study_name) == drawn:
+            return []
+        written = []
+        if trials:
+            for graph_id, figure in (("nas-a-vs-s", figure_a_vs_s(trials, backbone)), ("nas-reward", figure_reward(trials, backbone)),
+                                     ("nas-choices", figure_choices(trials))):
+                save_plotly_graph_object(study, figure, graph_object_id=graph_id)
+                written.append(graph_id)
+        if rows:
+            save_plotly_graph_object(study, figure_fidelity(rows), graph_object_id="nas-fidelity")
+            written.append("nas-fidelity")
+        _FIGURES_DRAWN[study.study_name] = drawn
+        return written
+    except Exception as error:
+        print(f"warning: dashboard figures not refreshed: {type(error).__name__}: {error}", file=sys.stderr)
+        return []
+
+
+def fidelity_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """The stored fidelity results of the latest (longest) schedule, as the audit's rows."""
+    from runners.fidelity import latest_rows, stored_results
+
+    return latest_rows(study, stored_results(study))
+
+
+def nas_study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
+    """The study note with the backbone yardstick and, when present, the fidelity audit appended."""
+    from runners.yardstick import compare, markdown
+
+    body = study_note(study, reward_config) + "\n" + markdown(compare(study))
+    rows = fidelity_rows(study)
+    if rows:
+        from runners.fidelity import audit_rows
+
+        result = audit_rows(rows)
+        body += ("\n## Proxy fidelity (long schedule)\n\n"
+                 f"{len(rows)} trials retrained: Kendall tau {_fmt(result['kendall_tau_accuracy'])} / Spearman "
+                 f"{_fmt(result['spearman_accuracy'])} on accuracy, Kendall tau {_fmt(result['kendall_tau_reward'])} / "
+                 f"Spearman {_fmt(result['spearman_reward'])} on reward; top-{result['top_k']} overlap "
+                 f"{_fmt(result['top_k_overlap_reward'])}. The scatter is the figure `nas-fidelity`.\n")
+    return body
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -14,6 +14,7 @@ import optuna
 from nas.io import atomic_write_text
 from runners.results import pareto_trials
 from runners.study import Run, scored_trials
+from runners.yardstick import compare
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
@@ -113,6 +114,62 @@ def top_table(trials: list[optuna.trial.FrozenTrial]) -> str:
     return f"<table id='top10'>{head}{''.join(rows)}</table>"
 
 
+def yardstick_html(comparison: dict) -> str:
+    """The backbone against the best trials: A, S, P and whether any trial dominates it."""
+    base = comparison["backbone"]
+    if base is None:
+        return "<p>The backbone was not evaluated in this sweep (its architecture is outside the space, or an older sweep).</p>"
+    head = ("<tr><th>trial</th><th>reward</th><th>A</th><th>A - A(backbone)</th><th>S</th><th>S / S(backbone)</th><th>P</th>"
+            "<th>P / P(backbone)</th><th>dominates</th></tr>")
+    first = (f"<tr class='backbone'><td>{base['trial']} (backbone)</td><td>{base['reward']:.4f}</td><td>{base['accuracy']:.4f}</td>"
+             f"<td></td><td>{base['normalized_step_time']:.3f}</td><td></td><td>{base['normalized_params']:.3f}</td><td></td><td></td></tr>")
+    rows = "".join(f"<tr class='vs'><td>{r['trial']}</td><td>{r['reward']:.4f}</td><td>{r['accuracy']:.4f}</td>"
+                   f"<td>{r['accuracy_delta']:+.4f}</td><td>{r['normalized_step_time']:.3f}</td><td>{r['step_time_ratio']:.3f}</td>"
+                   f"<td>{r['normalized_params']:.3f}</td><td>{r['params_ratio']:.3f}</td><td>{'yes' if r['dominates'] else 'no'}</td></tr>"
+                   for r in comparison["top"])
+    dominating = comparison["dominating"]
+    return (f"<p>{comparison['beating_reward']} of {comparison['trials']} trials have a higher reward than the backbone; "
+            f"trials that dominate it in (A, S, P): {', '.join(map(str, dominating)) if dominating else 'none'}.</p>"
+            f"<table id='yardstick'>{head}{first}{rows}</table>")
+
+
+def fidelity_plot(rows: list[dict]):
+    """Proxy vs long-schedule accuracy and reward, one point per retrained trial, the backbone as a star."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, (proxy, long, name) in zip(axes, (("proxy_accuracy", "accuracy", "accuracy"), ("proxy_reward", "reward", "reward"))):
+        for r in rows:
+            axis.scatter(r[proxy], r[long], marker="*" if r["backbone"] else "o", s=160 if r["backbone"] else 30,
+                         color="red" if r["backbone"] else "C0")
+            axis.annotate(str(r["trial"]), (r[proxy], r[long]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        axis.set(xlabel=f"proxy {name}", ylabel=f"long-schedule {name}", title=f"{name}: proxy vs long schedule")
+    figure.tight_layout()
+    return figure
+
+
+def fidelity_html(run: Run) -> str:
+    from runners.fidelity import audit
+
+    result = audit(run)
+    if not result["trials"]:
+        return "<p>No fidelity audit yet: <code>nas fidelity RUN_DIR</code> retrains some trials with a longer schedule.</p>"
+
+    def number(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    schedule = result["schedule"]
+    text = (f"<p>{len(result['trials'])} trials retrained for {schedule['epochs']} epochs at {schedule['image_size']} px on "
+            f"{schedule['data_fraction']:g} of the training data (proxy: {run.config.train.epochs} epochs at "
+            f"{run.config.train.image_size} px). Accuracy: Kendall tau {number(result['kendall_tau_accuracy'])}, Spearman "
+            f"{number(result['spearman_accuracy'])}; reward: Kendall tau {number(result['kendall_tau_reward'])}, Spearman "
+            f"{number(result['spearman_reward'])}; top-{result['top_k']} overlap {number(result['top_k_overlap_reward'])}.")
+    if result["best_beats_backbone_long"] is not None:
+        text += (f" The best proxy trial ({result['best_proxy_trial']}) "
+                 f"{'beats' if result['best_beats_backbone_long'] else 'does not beat'} the backbone on the long schedule.")
+    return text + "</p>" + _img(fidelity_plot(result["trials"]), "proxy fidelity: proxy vs long-schedule accuracy and reward")
+
+
 def write_report(run: Run, output: str | Path) -> Path:
     """Render the report of ``run`` to ``output`` (atomically)."""
     import matplotlib
@@ -138,6 +195,8 @@ def write_report(run: Run, output: str | Path) -> Path:
         parts += ["<h2>Reward</h2>", _img(reward_plot(trials), "reward over trials with the best-so-far line"),
                   "<h2>Pareto front</h2>", _img(pareto_plot(trials, front), "Pareto front: accuracy vs step time, params as colour"),
                   "<h2>Choices per stage</h2>", _img(choice_plot(trials, top, stages), "choices per stage: top 10% vs all"),
-                  "<h2>Top 10</h2>", top_table(trials)]
+                  "<h2>Top 10</h2>", top_table(trials),
+                  "<h2>Backbone yardstick</h2>", yardstick_html(compare(run.study)),
+                  "<h2>Proxy fidelity</h2>", fidelity_html(run)]
     parts.append("</body></html>")
     return atomic_write_text(output, "\n".join(parts))

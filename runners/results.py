@@ -15,6 +15,7 @@ from nas.io import atomic_write_json
 from rewards import RewardError, get_reward, pareto_front
 from runners.credentials import mask_url
 from runners.study import Run, best_scored, raw_metrics, scored_trials, trial_spec
+from runners.yardstick import against_backbone
 
 
 def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any]]:
@@ -38,6 +39,17 @@ def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any
          "reward": new_value[t.number], "old_reward": t.user_attrs["reward"], **raw_metrics(t), "spec_key": t.user_attrs.get("spec_key")}
         for i, t in enumerate(new_order, 1)
     ]
+
+
+def rescore_yardstick(run: Run, name: str = "paper", **options: Any) -> dict[str, Any]:
+    """The backbone against the best trials under the re-scoring reward (see :func:`runners.yardstick.compare`)."""
+    from runners.yardstick import compare
+
+    try:
+        reward = get_reward(name, **options)
+    except RewardError as error:
+        raise InputError(str(error)) from None
+    return compare(run.study, reward)
 
 
 def pareto_trials(run: Run) -> list[optuna.trial.FrozenTrial]:
@@ -85,6 +97,7 @@ def provenance(run: Run, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "device": a.get("device"), "host": a.get("host"), "torch_version": a.get("torch_version"), "optuna_version": optuna.__version__,
         "nas_version": nas.__version__, "trained_at": a.get("finished_at"), "train_config": a.get("train_config"),
         "timing_config": a.get("timing_config"), "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "against_backbone": against_backbone(run.study, trial),
     }
 
 

@@ -79,7 +79,10 @@ class Run:
         return self.config.objective == "multi"
 
     def finished(self) -> list[optuna.trial.FrozenTrial]:
-        return [t for t in self.study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        """COMPLETE search trials (the backbone yardstick is not one)."""
+        trials = self.study.get_trials(deepcopy=False)
+        backbone = backbone_numbers(trials)
+        return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.number not in backbone]
 
     def trial(self, number: int) -> optuna.trial.FrozenTrial:
         for t in self.study.get_trials(deepcopy=False):
@@ -116,10 +119,38 @@ def open_run(run_dir: str | Path, storage: str | None = None) -> Run:
     return Run(path, config, study)
 
 
+BACKBONE_ROLE = "backbone"  # user attribute ``role`` of the yardstick trial (runners.yardstick)
+
+
+def backbone_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of the backbone trials: ``role = "backbone"``, and retries of them (``retry_of``) after a kill."""
+    numbers = {t.number for t in trials if t.user_attrs.get("role") == BACKBONE_ROLE}
+    retries = {t.number: t.user_attrs.get("retry_of") for t in trials if "retry_of" in t.user_attrs}
+    grown = True
+    while grown:  # a retry of a retry of the backbone is the backbone too
+        more = {n for n, source in retries.items() if source in numbers} - numbers
+        numbers |= more
+        grown = bool(more)
+    return numbers
+
+
+def _has_metrics(trial: optuna.trial.FrozenTrial) -> bool:
+    return "reward" in trial.user_attrs and "normalized_step_time" in trial.user_attrs
+
+
 def scored_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Finished trials that carry a reward and raw metrics (failed, pruned and running ones do not)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "reward" in t.user_attrs and "normalized_step_time" in t.user_attrs]
+    """Finished search trials with a reward and raw metrics: not failed, pruned, running, nor the backbone yardstick."""
+    trials = study.get_trials(deepcopy=False)
+    backbone = backbone_numbers(trials)
+    return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and _has_metrics(t) and t.number not in backbone]
+
+
+def backbone_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The finished backbone yardstick trial with its metrics (the latest if several), or None."""
+    trials = study.get_trials(deepcopy=False)
+    backbone = backbone_numbers(trials)
+    done = [t for t in trials if t.number in backbone and t.state == optuna.trial.TrialState.COMPLETE and _has_metrics(t)]
+    return done[-1] if done else None
 
 
 def best_scored(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -44,9 +44,11 @@ from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import SweepConfig
 from runners.credentials import local_ray_environment, mask_url, private_dir
+from runners.dashboard import refresh_figures
 from runners.preflight import check_address, check_resources, check_sweep
 from runners.study import best_scored, quiet_optuna, rdb_storage
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
+from runners.yardstick import ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
 
 INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"  # stored at ask; replaced at tell
@@ -55,6 +57,7 @@ TIMEOUT = "timeout: the trial ran longer than trial_timeout"
 SEARCH_SETTINGS = ("data", "backbone", "space", "reward", "objective", "pruner", "train", "timing")
 NOT_COPIED = ("seed", "reused_from", "retry_of", "attempt", "driver", "role")  # per-trial attributes of a duplicate
 CLAIM_WAIT_SECONDS = 30.0  # a trial asked longer ago than this without a claim is not waited for
+FIGURE_SECONDS = 30.0  # dashboard figures read the whole study: redraw at most this often, off the per-trial path
 TrialState = optuna.trial.TrialState
 Evaluate = Callable[[NetworkSpec, TrainConfig], dict[str, Any]]
 
@@ -441,6 +444,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     optuna.storages.fail_stale_trials(study)
     if recovered[0]:
         progress.log(f"resuming {config.name}: {recovered[0]} interrupted trial(s) marked failed and queued again")
+    ensure_backbone_trial(study, space)  # the yardstick: evaluated first, never counted toward n_trials
 
     executor: RayExecutor | LocalExecutor
     started_ray = False
@@ -469,6 +473,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
             import ray
 
             ray.shutdown()
+    refresh_figures(study)
     counts = _counts(study, config.max_retries)
     best = best_scored(study)  # by reward, also in multi-objective runs (reward is stored there too)
     return {"run_dir": str(config.run_dir), "study": config.name, "storage": mask_url(config.storage_url), **counts,
@@ -503,6 +508,7 @@ class _Driver:
         self.mine: dict[int, InFlight] = {}  # by trial number
         self.new_done = 0
         self.next_stale_check = time.monotonic() + config.heartbeat_interval
+        self.next_figures = time.monotonic() + FIGURE_SECONDS
 
     # -- filling slots
     def room(self) -> bool:
@@ -673,3 +679,6 @@ class _Driver:
     def show(self) -> None:
         c = self.ledger.counts
         self.progress.update(self.ledger.counted, len(self.ledger.running()), c["failed"], c["pruned"], self.ledger.best, self.new_done)
+        if time.monotonic() >= self.next_figures:
+            refresh_figures(self.study, only_if_changed=True)  # never raises
+            self.next_figures = time.monotonic() + FIGURE_SECONDS

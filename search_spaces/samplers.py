@@ -1,4 +1,6 @@
-"""Optuna samplers by name, each seeded: ``tpe`` (multivariate), ``random``, ``qmc``, ``nsga2``.
+"""Optuna samplers by name, each seeded: ``tpe`` (multivariate), ``random``, ``qmc``, ``nsga2``, and ours:
+``rl`` (a REINFORCE controller, :mod:`search_spaces.rl`) and ``evolution`` (regularized evolution,
+:mod:`search_spaces.evolution`), both rebuilt from the study's trials at each proposal.
 
     >>> type(make_sampler("random", seed=0)).__name__
     'RandomSampler'
@@ -12,7 +14,7 @@ import optuna
 
 from nas.errors import InputError
 
-SAMPLERS = ("tpe", "random", "qmc", "nsga2")
+SAMPLERS = ("tpe", "random", "qmc", "nsga2", "rl", "evolution")
 
 
 def make_sampler(name: str, seed: int | None = 0) -> optuna.samplers.BaseSampler:
@@ -27,4 +29,12 @@ def make_sampler(name: str, seed: int | None = 0) -> optuna.samplers.BaseSampler
             return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+        if name == "rl":
+            from search_spaces.rl import ReinforceSampler
+
+            return ReinforceSampler(seed=seed)
+        if name == "evolution":
+            from search_spaces.evolution import RegularizedEvolutionSampler
+
+            return RegularizedEvolutionSampler(seed=seed)
     raise InputError(f"sampler: unknown sampler {name!r}, allowed {', '.join(SAMPLERS)}")

@@ -68,6 +68,14 @@ def test_dashboard_in_chromium(finished_sweep):
             # the study page carries the NAS study note with the best spec and the Pareto front
             page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{run.study._study_id}/note")
             page.get_by_text("Pareto front").first.wait_for(timeout=30_000)
+            page.get_by_text("Backbone yardstick").first.wait_for(timeout=30_000)
+            # the driver's custom figures (save_plotly_graph_object), drawn by plotly.js on the study page
+            page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{run.study._study_id}")
+            for graph_id, title in (("nas-a-vs-s", "accuracy A vs training step time S"), ("nas-reward", "reward over trials"),
+                                    ("nas-choices", "choices per stage")):
+                page.locator(f'[id="user-defined-plot:{graph_id}"] .main-svg').first.wait_for(timeout=30_000)
+                assert title in page.locator(f'[id="user-defined-plot:{graph_id}"]').inner_text()
+            assert page.locator('[id="user-defined-plot:nas-a-vs-s"] .scatterlayer .point').count() == len(run.finished()) + 1
             browser.close()
     finally:
         server.terminate()

@@ -1,0 +1,98 @@
+"""The backbone yardstick and ``nas fidelity`` on a real small sweep; the rank statistics against scipy."""
+
+import json
+import random
+import re
+
+import pytest
+from scipy import stats
+
+from nas.spec import NetworkSpec
+from runners.fidelity import PREFIX, kendall_tau, spearman, top_k_overlap
+from runners.study import backbone_trial, best_scored, open_run, scored_trials
+from tests.conftest import assert_one_line_error, run_nas
+
+FAST = ["--epochs", "1", "--image-size", "16", "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3"]
+
+
+def test_rank_statistics_hand_computed():
+    # one discordant pair of six: tau = (5 - 1) / 6; rank differences (0, 1, 1, 0): rho = 1 - 6 * 2 / (4 * 15)
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert top_k_overlap([0.9, 0.8, 0.1, 0.2], [0.7, 0.1, 0.9, 0.2], 2) == 0.5
+
+
+def test_rank_statistics_match_scipy_with_ties():
+    rng = random.Random(0)
+    for size in (2, 3, 5, 8, 13):
+        x = [rng.choice([0.1, 0.2, 0.3, 0.5, 0.8]) for _ in range(size)]
+        y = [rng.choice([1, 2, 3, 4]) + rng.random() * (i % 2) for i in range(size)]
+        if len(set(x)) < 2 or len(set(y)) < 2:
+            continue
+        assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path):
+    args = ["search", "--name", "fid", "--runs-dir", tmp_path, "--concurrent", "2", "--sampler", "random", "--seed", "5", *FAST]
+    result = run_nas(*args, "--trials", "3", "--json")
+    assert result.code == 0, result.err
+    run = open_run(tmp_path / "fid")
+    marked = [t for t in run.study.trials if t.user_attrs.get("role") == "backbone"]
+    assert len(marked) == 1 and marked[0].number == 0  # evaluated first
+    base = backbone_trial(run.study)
+    assert base.number == 0 and base.user_attrs["normalized_params"] == 1.0
+    assert base.user_attrs["spec_key"] == NetworkSpec.from_dict(run.study.user_attrs["backbone"]).key()
+    assert result.json()["complete"] == 3  # not counted toward --trials
+    assert len(scored_trials(run.study)) == 3 and base.number not in {t.number for t in scored_trials(run.study)}
+    assert result.json()["best_trial"] == best_scored(run.study).number != base.number
+
+    resumed = run_nas(*args, "--trials", "4", "--json")  # resume: still one backbone
+    assert resumed.code == 0, resumed.err
+    run = open_run(tmp_path / "fid")
+    assert sum(t.user_attrs.get("role") == "backbone" for t in run.study.trials) == 1
+    assert resumed.json()["complete"] == 4 and resumed.json()["trials_this_run"] == 1
+
+    rescore = run_nas("rescore", tmp_path / "fid", "--json").json()["backbone"]
+    assert rescore["backbone"]["trial"] == 0 and rescore["trials"] == 4
+    assert "backbone (trial 0)" in run_nas("rescore", tmp_path / "fid").out
+    export = run_nas("export", tmp_path / "fid", "-o", tmp_path / "arch.json")
+    assert export.code == 0, export.err
+    against = json.loads((tmp_path / "arch.json").read_text())["provenance"]["against_backbone"]
+    assert against["backbone_trial"] == 0 and isinstance(against["dominates"], bool)
+
+    fid = run_nas("fidelity", tmp_path / "fid", "--trials", "3", "--epochs", "2", "--json")
+    assert fid.code == 0, fid.err
+    audit = fid.json()
+    numbers = [row["trial"] for row in audit["trials"]]
+    assert len(numbers) == 3 and 0 in numbers and best_scored(run.study).number in numbers
+    run = open_run(tmp_path / "fid")
+    stored = {int(k[len(PREFIX):]): v for k, v in run.study.user_attrs.items() if k.startswith(PREFIX)}
+    assert sorted(stored) == sorted(numbers)
+    rows = [stored[n] for n in sorted(numbers)]
+    assert all(r["schedule"] == {"epochs": 2, "image_size": 16, "data_fraction": 1.0} and r["status"] == "ok" for r in rows)
+    for proxy, long, name in (("proxy_accuracy", "accuracy", "accuracy"), ("proxy_reward", "reward", "reward")):
+        x, y = [r[proxy] for r in rows], [r[long] for r in rows]
+        if len(set(x)) > 1 and len(set(y)) > 1:
+            assert audit[f"kendall_tau_{name}"] == pytest.approx(stats.kendalltau(x, y).statistic)
+            assert audit[f"spearman_{name}"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert rows[0]["accuracy"] >= 0 and audit["best_beats_backbone_long"] in (True, False)
+
+    again = run_nas("fidelity", tmp_path / "fid", "--trials", "3", "--epochs", "2", "--json")  # resumable: nothing retrained
+    assert again.code == 0 and "0 to go" in again.err and again.json()["trials"] == audit["trials"]
+
+    report = run_nas("report", tmp_path / "fid", "-o", tmp_path / "r.html")
+    assert report.code == 0, report.err
+    page = (tmp_path / "r.html").read_text()
+    assert "Proxy fidelity" in page and "Backbone yardstick" in page and "<table id='yardstick'>" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # reward, Pareto, choices, fidelity scatter
+
+    from runners.dashboard import nas_study_note, refresh_figures
+
+    assert set(refresh_figures(run.study)) == {"nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity"}
+    note = nas_study_note(run.study, run.config.reward)
+    assert "Backbone yardstick: trial 0" in note and "Proxy fidelity" in note
+
+    assert_one_line_error(run_nas("fidelity", tmp_path / "fid", "--data-fraction", "0"), "data_fraction")
