@@ -23,8 +23,6 @@ from nas.errors import InputError
 from nas.spec import NetworkSpec
 from runners.study import best_scored, open_run, scored_trials, stage_table_markdown
 
-MARK = "nas_note_written"
-
 
 def artifact_store(run_dir: str | Path) -> optuna.artifacts.FileSystemArtifactStore:
     path = Path(run_dir) / "artifacts"
@@ -47,30 +45,21 @@ def trial_note(number: int, attrs: dict[str, Any], reward_config: dict[str, Any]
     )
 
 
-def annotate_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, run_dir: str | Path,
-                   reward_config: dict[str, Any]) -> None:
-    """Write the note and the spec artifact of one trial (once).
+def annotate_trial(study: optuna.Study, trial: optuna.Trial, run_dir: str | Path, reward_config: dict[str, Any]) -> None:
+    """Write the note and the spec artifact of a live trial.
 
-    The sweep calls this just before telling the trial, while Optuna still accepts trial artifacts;
-    for a trial already finished, the artifact goes to the study instead (named after the trial).
+    The sweep calls this just before telling the trial: Optuna accepts trial notes and artifacts
+    only while a trial runs, and a finished trial cannot be reopened through a public API.
     """
     from optuna_dashboard import save_note
 
-    trial_id = trial._trial_id
-    # a live trial (the sweep's, just before tell) has no note yet: skip the check, which reads every trial's mark
-    if not isinstance(trial, optuna.Trial) and study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial_id}"):
-        return
-    frozen = study._storage.get_trial(trial_id)
-    live = trial if isinstance(trial, optuna.Trial) else optuna.Trial(study, trial_id)
-    save_note(live, trial_note(frozen.number, frozen.user_attrs, reward_config))
-    running = frozen.state == optuna.trial.TrialState.RUNNING
+    attrs = trial.user_attrs
+    save_note(trial, trial_note(trial.number, attrs, reward_config))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial-{frozen.number}-spec.json"
-        path.write_text(json.dumps(frozen.user_attrs["spec"], indent=2))
-        optuna.artifacts.upload_artifact(artifact_store=artifact_store(run_dir), file_path=str(path),
-                                         study_or_trial=frozen if running else study, storage=study._storage,
+        path = Path(tmp) / f"trial-{trial.number}-spec.json"
+        path.write_text(json.dumps(attrs["spec"], indent=2))
+        optuna.artifacts.upload_artifact(artifact_store=artifact_store(run_dir), file_path=str(path), study_or_trial=trial,
                                          mimetype="application/json")
-    study._storage.set_study_system_attr(study._study_id, f"{MARK}:{trial_id}", True)
 
 
 def study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
@@ -92,20 +81,14 @@ def study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
     )
 
 
-def annotate(study: optuna.Study, run_dir: str | Path, reward_config: dict[str, Any]) -> int:
-    """Backfill notes and artifacts of finished trials, and refresh the study note; returns trials annotated."""
+def annotate(study: optuna.Study, reward_config: dict[str, Any]) -> None:
+    """Refresh the study note (best spec, Pareto front, backbone comparison) and the NAS figures."""
     from optuna_dashboard import get_note, save_note
 
-    count = 0
-    for trial in scored_trials(study):
-        if not study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial._trial_id}"):
-            annotate_trial(study, trial, run_dir, reward_config)
-            count += 1
     body = nas_study_note(study, reward_config)
     refresh_figures(study, only_if_changed=True)
     if get_note(study) != body:
         save_note(study, body)
-    return count
 
 
 def check_listen(host: str, port: int) -> None:
@@ -137,22 +120,21 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_secon
 
     check_listen(host, port)
     run = open_run(run_dir, storage)
-    # notes need a live Trial; a random sampler keeps its construction free of sampler work
-    study = optuna.load_study(study_name=run.config.name, storage=run.study._storage, sampler=optuna.samplers.RandomSampler())
-    annotate(study, run.path, run.config.reward)
+    study = run.study
+    annotate(study, run.config.reward)
     stop = threading.Event()
 
     def refresh() -> None:  # live while a sweep runs
         while not stop.wait(refresh_seconds):
             try:
-                annotate(study, run.path, run.config.reward)
+                annotate(study, run.config.reward)
             except Exception as error:  # a busy SQLite file must not kill the server
                 print(f"dashboard: annotation skipped: {error}", file=sys.stderr)
 
     threading.Thread(target=refresh, daemon=True).start()
     print(f"optuna-dashboard for {run.config.name}: http://{host}:{port}/dashboard  (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        run_server(run.study._storage, host=host, port=port, artifact_store=artifact_store(run.path))
+        run_server(run.storage, host=host, port=port, artifact_store=artifact_store(run.path))
     finally:
         stop.set()
 

@@ -15,7 +15,6 @@ and reward, and the overlap of the top-k sets.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -158,17 +157,6 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
             "train_images": keep}
 
 
-def _init_ray(run: Run) -> bool:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    ray.init(address=run.config.address, **kwargs) if run.config.address else ray.init(num_cpus=os.cpu_count(), **kwargs)
-    return True
-
-
 def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[str, Any]:
     """Retrain the picked trials not yet done with this schedule, store each result, return the audit."""
     from nas.data import load_dataset
@@ -184,7 +172,9 @@ def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[
         reward = run.config.reward_function()
         threads = max(1, int(run.config.cpus_per_trial))
         train = replace(run.config.train, epochs=config.epochs, image_size=config.image_size, threads=threads)
-        started = _init_ray(run)
+        from runners.sweep import init_ray
+
+        started = init_ray(run.config)  # the sweep's own way: its cluster, or a local instance on 127.0.0.1
         import ray
 
         try:

@@ -73,6 +73,7 @@ class Run:
     path: Path
     config: SweepConfig
     study: optuna.Study
+    storage: optuna.storages.RDBStorage  # the study's storage (optuna.Study keeps its own private)
 
     @property
     def multi(self) -> bool:
@@ -112,11 +113,12 @@ def open_run(run_dir: str | Path, storage: str | None = None) -> Run:
     if url.startswith("sqlite:///") and not Path(url.split("?", 1)[0].removeprefix("sqlite:///")).is_file():
         # opening would create an empty database: reading commands never create files
         raise InputError(f"run directory: {str(path)!r} holds no study ({url.removeprefix('sqlite:///')} does not exist), allowed {MADE_BY}")
+    storage = rdb_storage(url)
     try:
-        study = optuna.load_study(study_name=config.name, storage=rdb_storage(url))
+        study = optuna.load_study(study_name=config.name, storage=storage)
     except KeyError:
         raise InputError(f"run directory: the study {config.name!r} is not in its storage") from None
-    return Run(path, config, study)
+    return Run(path, config, study, storage)
 
 
 BACKBONE_ROLE = "backbone"  # user attribute ``role`` of the yardstick trial (runners.yardstick)
