@@ -57,12 +57,12 @@ def run_storage_url(config: SweepConfig, path: Path, storage: str | None = None)
         return f"sqlite:///{(path / 'study.db').resolve()}"  # --storage / NAS_STORAGE do not apply to it
     if storage is None:
         if is_masked(config.storage):
-            raise InputError(f"storage: the study is in {config.storage} and the run directory does not keep passwords; "
+            raise InputError(f"storage: the study is in {mask_url(config.storage)} and the run directory does not keep passwords; "
                              f"give the URL with --storage or {STORAGE_ENV} (or leave the password out and use PGPASSWORD / ~/.pgpass)")
         return config.storage
     check_storage_url(storage)
     if not same_database(storage, config.storage):
-        raise InputError(f"storage: {mask_url(storage)} is not this run's storage ({config.storage})")
+        raise InputError(f"storage: {mask_url(storage)} is not this run's storage ({mask_url(config.storage)})")
     return storage
 
 
