@@ -159,7 +159,8 @@ def figure_a_vs_s(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial
                                     text=[f"backbone (trial {backbone.number})"],
                                     marker=dict(symbol="star", size=18, color="red")))
     figure.update_layout(title="NAS: accuracy A vs training step time S (colour: params P)",
-                         xaxis_title="S (step time / backbone)", yaxis_title="A (validation accuracy)")
+                         xaxis_title="S (step time / backbone)", yaxis_title="A (validation accuracy)",
+                         legend=dict(orientation="h", y=-0.25))  # clear of the colour bar
     return figure
 
 
@@ -200,7 +201,10 @@ def figure_choices(trials: list[optuna.trial.FrozenTrial]):
                 best.append(counts_top[value] / len(top))
         figure.add_trace(go.Bar(x=labels, y=every, name="all", marker_color="#636efa", showlegend=row == 1), row=row, col=1)
         figure.add_trace(go.Bar(x=labels, y=best, name="top 10%", marker_color="#ef553b", showlegend=row == 1), row=row, col=1)
-    figure.update_layout(title="NAS: choices per stage, top 10% vs all", barmode="group")
+    figure.update_layout(title="NAS: choices per stage, top 10% vs all", barmode="group", margin=dict(t=60, b=20),
+                         legend=dict(orientation="h", y=1.08, x=0.6))
+    figure.update_xaxes(tickfont=dict(size=7), tickangle=-60)  # the dashboard gives each figure 450 px
+    figure.update_annotations(font_size=10)
     return figure
 
 
