@@ -1,5 +1,10 @@
 """The model builder: a pure function ``NetworkSpec -> nn.Module``, plus parameter and MAC counts.
 
+Each block is first described by a :class:`BlockPlan` (its convolutions and SE with channels, kernel,
+stride, groups); the modules, :func:`count_spec_params` and :func:`count_macs` are all read from it.
+Modules are named like timm's: ``stages[i][j].conv_pw / conv_dw / se / conv_pwl`` (Fused-MBConv:
+``conv_exp / se / conv_pwl``), ``nn.Identity()`` where a block has no such part.
+
 Block semantics follow the reference code (``shared/REFERENCE.md``): SiLU, BatchNorm eps 1e-3,
 bias-free convolutions except inside SE, residual + stochastic depth when shape is kept.
 
