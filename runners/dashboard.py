@@ -1,9 +1,8 @@
 """``nas dashboard``: the sweep's study in optuna-dashboard, made NAS-aware.
 
 Each finished trial gets a note (stage table, A, S, step time, P, reward) and its spec JSON as an
-artifact; the study gets a note with the best spec and the Pareto front. The sweep driver writes
-these as trials finish (so a dashboard opened mid-sweep is live), and ``nas dashboard`` fills in
-whatever is missing and keeps doing so while it serves.
+artifact; the study gets a note with the best spec and the Pareto front. ``nas dashboard`` writes
+whatever is missing and keeps doing so while it serves (so a dashboard opened mid-sweep is live).
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ def annotate_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.Froze
     from optuna_dashboard import save_note
 
     trial_id = trial._trial_id
-    # a live trial (the sweep's, just before tell) has no note yet: skip the check, which reads every trial's mark
-    if not isinstance(trial, optuna.Trial) and study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial_id}"):
+    if study._storage.get_study_system_attrs(study._study_id).get(f"{MARK}:{trial_id}"):
         return
     frozen = study._storage.get_trial(trial_id)
     live = trial if isinstance(trial, optuna.Trial) else optuna.Trial(study, trial_id)
