@@ -1,9 +1,8 @@
 """``nas dashboard``: the sweep's study in optuna-dashboard, made NAS-aware.
 
 Each finished trial gets a note (stage table, A, S, step time, P, reward) and its spec JSON as an
-artifact; the study gets a note with the best spec and the Pareto front. The sweep driver writes
-these as trials finish (so a dashboard opened mid-sweep is live), and ``nas dashboard`` fills in
-whatever is missing and keeps doing so while it serves.
+artifact; the study gets a note with the best spec and the Pareto front. ``nas dashboard`` writes
+whatever is missing and keeps doing so while it serves (so a dashboard opened mid-sweep is live).
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ import optuna
 
 from nas.errors import InputError
 from nas.spec import NetworkSpec
-from runners.study import best_scored, open_run, scored_trials, stage_table_markdown
+from runners.study import Run, best_scored, open_run, scored_trials, stage_table_markdown
+
+MARK = "nas_note_written"  # study system attribute prefix: trial N has its note
 
 
 def artifact_store(run_dir: str | Path) -> optuna.artifacts.FileSystemArtifactStore:
@@ -45,21 +46,20 @@ def trial_note(number: int, attrs: dict[str, Any], reward_config: dict[str, Any]
     )
 
 
-def annotate_trial(study: optuna.Study, trial: optuna.Trial, run_dir: str | Path, reward_config: dict[str, Any]) -> None:
-    """Write the note and the spec artifact of a live trial.
-
-    The sweep calls this just before telling the trial: Optuna accepts trial notes and artifacts
-    only while a trial runs, and a finished trial cannot be reopened through a public API.
-    """
+def annotate_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int,
+                   trial: optuna.trial.FrozenTrial, run_dir: str | Path, reward_config: dict[str, Any]) -> None:
+    """Write the note of a finished trial and its spec JSON as a study artifact (named after the trial)."""
     from optuna_dashboard import save_note
 
-    attrs = trial.user_attrs
-    save_note(trial, trial_note(trial.number, attrs, reward_config))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    save_note(optuna.Trial(study, trial_id), trial_note(trial.number, trial.user_attrs, reward_config))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial-{trial.number}-spec.json"
-        path.write_text(json.dumps(attrs["spec"], indent=2))
-        optuna.artifacts.upload_artifact(artifact_store=artifact_store(run_dir), file_path=str(path), study_or_trial=trial,
-                                         mimetype="application/json")
+        path.write_text(json.dumps(trial.user_attrs["spec"], indent=2))
+        # a finished trial takes no artifacts: the study keeps it
+        optuna.artifacts.upload_artifact(artifact_store=artifact_store(run_dir), file_path=str(path), study_or_trial=study,
+                                         storage=storage, mimetype="application/json")
+    storage.set_study_system_attr(study_id, f"{MARK}:{trial.number}", True)
 
 
 def study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
@@ -81,14 +81,26 @@ def study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
     )
 
 
-def annotate(study: optuna.Study, reward_config: dict[str, Any]) -> None:
-    """Refresh the study note (best spec, Pareto front, backbone comparison) and the NAS figures."""
+def annotate(run: Run) -> int:
+    """Notes and spec artifacts for finished trials that have none yet, the study note and the NAS figures.
+
+    Returns the number of trials annotated. The sweep driver leaves this to ``nas dashboard`` (off
+    its per-trial path), which calls it at start and then every few seconds while it serves.
+    """
     from optuna_dashboard import get_note, save_note
 
-    body = nas_study_note(study, reward_config)
+    # a random sampler: a Trial handle for a note constructs without the study sampler's work
+    study = optuna.load_study(study_name=run.config.name, storage=run.storage, sampler=optuna.samplers.RandomSampler())
+    study_id = run.storage.get_study_id_from_name(run.config.name)
+    marks = run.storage.get_study_system_attrs(study_id)  # one read for every trial's mark
+    todo = [t for t in scored_trials(study) if not marks.get(f"{MARK}:{t.number}")]
+    for trial in todo:
+        annotate_trial(study, run.storage, study_id, trial, run.path, run.config.reward)
+    body = nas_study_note(study, run.config.reward)
     refresh_figures(study, only_if_changed=True)
     if get_note(study) != body:
         save_note(study, body)
+    return len(todo)
 
 
 def check_listen(host: str, port: int) -> None:
@@ -120,14 +132,13 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_secon
 
     check_listen(host, port)
     run = open_run(run_dir, storage)
-    study = run.study
-    annotate(study, run.config.reward)
+    annotate(run)
     stop = threading.Event()
 
     def refresh() -> None:  # live while a sweep runs
         while not stop.wait(refresh_seconds):
             try:
-                annotate(study, run.config.reward)
+                annotate(run)
             except Exception as error:  # a busy SQLite file must not kill the server
                 print(f"dashboard: annotation skipped: {error}", file=sys.stderr)
 

@@ -12,6 +12,8 @@ drivers on the same study:
   key trains it while later ones wait for its record (or are answered at once from a finished one).
 - **The study is the authority**: the settings that define a sweep are stored in the study when
   it is created; a later driver with other settings is refused before it changes anything.
+- **Dashboard notes** are not written on the hot path (they read every note of the study): ``nas
+  dashboard`` writes them for finished trials, and keeps doing so while a sweep runs.
 - **Cheap at scale**: the driver keeps a ledger (architecture index and state counts) updated from
   its own tells and from small queries (the RUNNING/WAITING trials, and trials it has not seen yet),
   never re-reading the whole study on the hot path.
@@ -434,8 +436,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     recovered = [0]
     if config.storage is None:
         private_dir(config.run_dir)  # the default SQLite study lives there
-    storage = rdb_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
-                          stale_callback=requeue_stale(config.max_retries, recovered))
+    storage = _open_storage(config, requeue_stale(config.max_retries, recovered))
     driver = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     extra = {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
              "objective": config.objective, "data": config.data}
@@ -480,6 +481,18 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
             "trials_this_run": driver_run.new_done, "best_trial": best.number if best else None,
             "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
             "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds, "recovered": recovered[0]}
+
+
+def _open_storage(config: SweepConfig, stale_callback: Callable) -> optuna.storages.RDBStorage:
+    for attempt in range(3):
+        try:
+            return rdb_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
+                               stale_callback=stale_callback)
+        except InputError:
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)  # drivers creating a new database's tables at the same moment: the loser retries
+    raise AssertionError("unreachable")
 
 
 def _counts(study: optuna.Study, max_retries: int) -> dict[str, int]:
@@ -647,7 +660,6 @@ class _Driver:
                 if name != "traceback":
                     flight.trial.set_user_attr(name, json.loads(json.dumps(value, default=str)))
             if state == TrialState.COMPLETE:
-                self.annotate(flight.trial)
                 values = [record["accuracy"], record["normalized_step_time"], record["normalized_params"]] if self.multi else record["reward"]
                 self.study.tell(flight.trial, values)
             else:
@@ -666,15 +678,6 @@ class _Driver:
         record["reused_from"] = source.number
         record["status"] = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned"}.get(source.state, "failed")
         self.finish(number, record)
-
-    def annotate(self, trial: optuna.Trial) -> None:
-        """Dashboard note and spec artifact for a trial about to complete; never breaks the sweep."""
-        try:
-            from runners.dashboard import annotate_trial
-
-            annotate_trial(self.study, trial, self.config.run_dir, self.config.reward)
-        except Exception as error:
-            print(f"warning: dashboard note for trial {trial.number} not written: {error}", file=sys.stderr)
 
     def show(self) -> None:
         c = self.ledger.counts

@@ -84,7 +84,7 @@ def test_resume_after_sigkill(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # then Ray's leftovers, so they do not load the machine
         except ProcessLookupError:
             pass
-    result = run_nas(*args[3:], "--json")
+    result = run_nas(*args[3:], "--json", timeout=1500)  # the resumed driver waits out the grace period, then trains 3
     assert result.code == 0, result.err
     run = open_run(tmp_path / "resume")
     trials = run.study.trials
