@@ -539,9 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nas`` console script."""
     args = make_parser().parse_args(argv)
     try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous, installed = signal.signal(signal.SIGTERM, _terminate), True
     except ValueError:  # not the main thread: leave signals alone
-        previous = None
+        previous, installed = None, False
     try:
         return args.func(args)
     except (InputError, FileExistsError) as error:
@@ -562,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nas {args.command}: failed: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,22 @@ def test_control_characters_do_not_reach_the_terminal(tmp_path):
     assert "\x1b" not in result.out and "\x07" not in result.out and "\r" not in result.out
     assert result.out.startswith("b0red:")
     assert json.loads(run_nas("inspect", spec, "--json").out)["name"] == "b0\x1b[2J\x1b]0;owned\x07\x1b[31mred\r"  # JSON escapes it
+
+
+@pytest.mark.slow
+def test_cluster_resources_checked_after_ray_starts_and_nothing_left(tmp_path):
+    """A cluster smaller than this machine (here: Ray started with 1 CPU) is only known once Ray runs."""
+    import ray
+
+    from runners.preflight import undo_new_run
+    from runners.sweep import run_sweep
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        config = SweepConfig(name="small", runs_dir=str(tmp_path / "runs"), cpus_per_trial=2, n_trials=1)
+        with pytest.raises(ValueError, match="cpus_per_trial: 2 is more than any node has"), undo_new_run(config):
+            run_sweep(config)
+    finally:
+        ray.shutdown()
+    assert _files(tmp_path) == []
