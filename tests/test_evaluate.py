@@ -51,7 +51,6 @@ def test_callback_can_stop_early():
 
 def test_non_finite_loss_is_a_failure():
     # fault injection through the public step hook: poison the running optimizer's parameters
-    import contextlib
     import gc
 
     calls = {"n": 0}
@@ -197,25 +196,6 @@ def test_timing_times_the_step_that_trains(optimizer):
     assert record["timed_step"] == record["trained_step"] == built.describe()
     assert record["trained_step"]["optimizer"] == expected.__name__
     assert record["timed_step"]["label_smoothing"] == 0.2
-
-
-def test_diverging_loss_is_read_at_epoch_end():
-    config = TrainConfig(epochs=2, image_size=16, batch_size=32, threads=2, optimizer="sgd", lr=10.0, weight_decay=0.0,
-                         warmup_epochs=0.0)
-    steps = {"n": 0}
-
-    @contextlib.contextmanager
-    def count():
-        steps["n"] += 1
-        yield
-
-    data = load_dataset("digits")
-    result = train_proxy(get("efficientnetv2-b0", 10), data, config, step_guard=count)
-    assert result.failure is not None and "non-finite loss" in result.failure and "epoch 1" in result.failure
-    assert result.epochs_run == 0
-    # no check per step: the whole first epoch ran before the flag was read
-    train_size = len(data.split_validation(config.validation_fraction, seed=0)[1])
-    assert steps["n"] == train_size // config.batch_size
 
 
 def test_train_step_mixup_targets_and_stats():
