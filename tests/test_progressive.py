@@ -18,6 +18,7 @@ from nas.pipeline import DeviceData
 from nas.progressive import reestimate_batchnorm, train_progressive
 from nas.scaling import MEMBERS
 from nas.schedule import ProgressiveConfig, schedule
+from nas.spec import NetworkSpec
 from nas.zoo import get
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 
@@ -159,8 +160,8 @@ def test_stage_change_reestimates_batchnorm_and_times_cpu(tmp_path):
 
     config = ProgressiveConfig(epochs=2, stages=2, min_image_size=16, max_image_size=24, batch_size=64, threads=2,
                                batchnorm_batches=3)
-    summary = train_progressive(get("efficientnetv2-b0", 10), load_dataset("digits"), config, tmp_path, log=lambda m: None,
-                                on_epoch_end=keep)
+    tiny = NetworkSpec.from_block_strings("tiny", 8, ["r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e2_i8_o16_c1"], head_channels=32)
+    summary = train_progressive(tiny, load_dataset("digits"), config, tmp_path, log=lambda m: None, on_epoch_end=keep)
     steps = calls[0][2]  # a fresh model's BN counts epoch 1's training steps
     assert steps > 3 and calls[0][1] == 16 and calls[1][1] == 24
     # at the size change the statistics are reset and re-estimated from 3 batches, then epoch 2 trains
