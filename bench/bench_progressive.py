@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -142,6 +143,30 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+LINE = re.compile(r"^\s*(?P<kind>fixed|progressive equal-epochs|progressive equal-time) E=\s*(?P<epochs>\d+) seed (?P<seed>\d+): "
+                  r"test accuracy (?P<acc>[\d.]+), CPU (?P<cpu>[\d.]+) s, wall (?P<wall>[\d.]+) s$")
+
+
+def rows_from_logs(paths: list[str]) -> list[dict[str, Any]]:
+    """Per-run rows parsed back from the lines printed by earlier runs (for runs split across invocations).
+
+    An equal-time run belongs to the budget of the last fixed run of its seed in the same log.
+    """
+    rows, last_budget = [], {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            m = LINE.match(line)
+            if not m:
+                continue
+            kind, epochs, seed = m["kind"], int(m["epochs"]), int(m["seed"])
+            if kind == "fixed":
+                last_budget[(path, seed)] = epochs
+            budget = last_budget[(path, seed)] if kind == "progressive equal-time" else epochs
+            rows.append({"kind": kind, "epochs": epochs, "seed": seed, "budget": budget, "test_accuracy": float(m["acc"]),
+                         "cpu_seconds": float(m["cpu"]), "wall_seconds": float(m["wall"])})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="../shared/data/cifar10/cifar-10-batches-py")
@@ -151,12 +176,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=3, help="parallel processes, 1 torch thread each")
     parser.add_argument("--plot", default=str(PLOT))
+    parser.add_argument("--from-logs", nargs="+", help="no training: summary and plot from the printed lines of earlier runs")
     args = parser.parse_args()
     args.overrides = {}  # the defaults of ProgressiveConfig are what is benchmarked
-    jobs = [(args, budget, seed) for budget in sorted(args.budgets, reverse=True) for seed in range(args.seeds)]
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(args.jobs) as pool:
-        rows = [row for result in pool.imap_unordered(_job, jobs) for row in result]
+    if args.from_logs:
+        rows = rows_from_logs(args.from_logs)
+        args.budgets = sorted({r["budget"] for r in rows})
+    else:
+        jobs = [(args, budget, seed) for budget in sorted(args.budgets, reverse=True) for seed in range(args.seeds)]
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            rows = [row for result in pool.imap_unordered(_job, jobs) for row in result]
     rows.sort(key=lambda r: (r["budget"], r["seed"], r["kind"]))
     summary = summarize(rows, sorted(args.budgets))
     config = ProgressiveConfig()
