@@ -115,7 +115,7 @@ def stage_epochs(epochs: int, stages: int, final_fraction: float | None = None) 
 
 
 def schedule(config: ProgressiveConfig) -> list[Stage]:
-    """The per-stage settings (pure). Epochs split evenly; earlier stages take any remainder."""
+    """The per-stage settings (pure); epochs per stage from :func:`stage_epochs` (fixed training: an even split)."""
     counts = stage_epochs(config.epochs, config.stages, config.final_stage_fraction if config.progressive else None)
     stages, first = [], 1
     for i, count in enumerate(counts):
