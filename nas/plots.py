@@ -10,7 +10,7 @@ from nas.schedule import Stage
 
 
 def plot_curves(history: list[dict[str, Any]], plan: list[Stage], path: Path) -> None:
-    """Loss and accuracy per epoch, stage boundaries as vertical lines labelled with their image size."""
+    """Loss, accuracy and learning rate per epoch, stage boundaries as vertical lines labelled with their image size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,6 +21,10 @@ def plot_curves(history: list[dict[str, Any]], plan: list[Stage], path: Path) ->
     left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
     left.plot(epochs, [h["val_loss"] for h in history], label="val loss")
     right.plot(epochs, [h["val_accuracy"] for h in history], color="C2", label="val accuracy")
+    if all("lr" in h for h in history):  # a size step late in the cosine adapts at a tiny rate (bench/RESULTS.md)
+        rate = right.twinx()
+        rate.plot(epochs, [h["lr"] for h in history], color="C7", linestyle="--", linewidth=1)
+        rate.set_ylabel("learning rate (dashed)", color="C7")
     for axis in (left, right):
         for stage in plan:
             axis.axvline(stage.first_epoch - 0.5, color="grey", linestyle=":", linewidth=1)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,48 @@ from nas.regularize import EMA, mixup, randaugment
 from nas.schedule import ProgressiveConfig, Stage, schedule
 from nas.spec import NetworkSpec
 from nas.step import TrainStep
-from nas.train import NonFiniteLoss, evaluate, pick_device, seed_everything, warmup_cosine
+from nas.train import NonFiniteLoss, autocast, evaluate, pick_device, seed_everything, warmup_cosine
+
+BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def _recalibrate(model: torch.nn.Module, data_dev: DeviceData, config: ProgressiveConfig, image_size: int, key: int,
+                 device: torch.device) -> None:
+    """BN statistics re-estimated at ``image_size`` on un-augmented training batches (own generator: resume-safe)."""
+    generator = torch.Generator().manual_seed(config.seed * 1000 + key)
+    batches = data_dev.train_batches(config.batch_size, image_size, generator, crop_padding=0, flip=False)
+    reestimate_batchnorm(model, islice(batches, config.batchnorm_batches), device)
+
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> int:
+    """Replace every BatchNorm's running statistics by their plain average over ``batches``; returns the batch count.
+
+    Only the BN layers run in train mode (no dropout, no stochastic depth); the weights do not change.
+
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+        >>> reestimate_batchnorm(net, [(torch.randn(8, 3, 9, 9) + 5, None)], torch.device("cpu"))
+        1
+    """
+    norms = [m for m in model.modules() if isinstance(m, BATCHNORMS)]
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # None: cumulative average over the batches seen
+        norm.train()
+    count = 0
+    for x, _ in batches:
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            model(x)
+        count += 1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+    return count
 
 
 def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfig, out_dir: str | Path,
@@ -70,11 +112,14 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
         if stage.last_epoch < start_epoch:
             continue
         model.set_dropout(stage.dropout)
+        resized = stage.index > 0 and stage.image_size != plan[stage.index - 1].image_size
         augment = randaugment(stage.randaugment, config.randaugment_ops)
         log(f"stage {stage.index + 1}/{len(plan)}: epochs {stage.first_epoch}-{stage.last_epoch}, image {stage.image_size}, "
             f"dropout {stage.dropout:.3f}, RandAugment {stage.randaugment:.1f}, mixup {stage.mixup:.2f}")
         for epoch in range(max(stage.first_epoch, start_epoch), stage.last_epoch + 1):
-            begin = time.perf_counter()
+            begin, cpu_begin = time.perf_counter(), time.process_time()
+            if config.batchnorm_batches and resized and epoch == stage.first_epoch:  # timed: part of training
+                _recalibrate(model, data_dev, config, stage.image_size, stage.index, torch_device)  # stats of the new size
             model.train()
             for x, y in data_dev.train_batches(config.batch_size, stage.image_size, generator, augment=augment):
                 x, y_a, y_b, lam = mixup(x, y, stage.mixup, generator) if stage.mixup > 0 else (x, y, y, 1.0)
@@ -86,12 +131,13 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
             if not stats.finite:
                 raise NonFiniteLoss(f"non-finite loss at epoch {epoch}")
             loss_sum, seen = stats.loss_sum, stats.samples
-            seconds = time.perf_counter() - begin
+            seconds, cpu_seconds = time.perf_counter() - begin, time.process_time() - cpu_begin
             train_seconds += seconds
             evaluated = ema.model if ema is not None else model
             accuracy, val_loss = evaluate(evaluated, data_dev.eval_batches(512, stage.image_size), torch_device)
             history.append({"epoch": epoch, "stage": stage.index, "image_size": stage.image_size, "train_loss": loss_sum / max(1, seen),
-                            "val_accuracy": accuracy, "val_loss": val_loss, "seconds": seconds, "lr": scheduler.get_last_lr()[0]})
+                            "val_accuracy": accuracy, "val_loss": val_loss, "seconds": seconds,
+                            "cpu_seconds": cpu_seconds, "lr": scheduler.get_last_lr()[0]})
             log(f"epoch {epoch}/{config.epochs}: train loss {loss_sum / max(1, seen):.4f}, val accuracy {accuracy:.4f} ({seconds:.1f} s)")
             checkpoint.save(out, {
                 "identity": json.dumps(identity), "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -103,10 +149,13 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
                 on_epoch_end(epoch, stage, model)
     final = ema.model if ema is not None else model
     eval_size = config.eval_image_size or config.max_image_size
+    if config.batchnorm_batches and eval_size != plan[-1].image_size:
+        _recalibrate(final, data_dev, config, eval_size, len(plan), torch_device)  # train/test size discrepancy
     test_accuracy, test_loss = evaluate(final, data_dev.eval_batches(512, eval_size, split="test"), torch_device)
     summary = {
         "spec": spec.name, "data": data.name, "mode": "progressive" if config.progressive else "fixed", "epochs": config.epochs,
         "test_accuracy": test_accuracy, "test_loss": test_loss, "eval_image_size": eval_size, "train_seconds": train_seconds,
+        "train_cpu_seconds": sum(h.get("cpu_seconds", 0.0) for h in history),
         "schedule": [asdict(s) for s in plan], "history": history, "config": asdict(config), "device": str(torch_device),
         "torch_version": torch.__version__,
     }

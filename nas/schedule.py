@@ -26,7 +26,7 @@ class ProgressiveConfig(OptimizerConfig):
     """Settings of a final training run; ``min_*`` are the first stage's values, ``max_*`` the last's."""
 
     epochs: int = 12
-    stages: int = 4
+    stages: int = 2
     progressive: bool = True
     min_image_size: int = 16
     max_image_size: int = 32
@@ -41,10 +41,12 @@ class ProgressiveConfig(OptimizerConfig):
     batch_size: int = 128
     ema_decay: float | None = None
     validation_fraction: float = 0.1
+    batchnorm_batches: int = 10
+    final_stage_fraction: float | None = 0.5
 
     def __post_init__(self) -> None:
         check_ints(self, (("epochs", 1), ("stages", 1), ("min_image_size", 8), ("max_image_size", 8), ("batch_size", 2),
-                          ("randaugment_ops", 1)))
+                          ("randaugment_ops", 1), ("batchnorm_batches", 0)))
         if self.stages > self.epochs:
             raise InputError(f"stages: {self.stages} is more than epochs {self.epochs}, allowed 1..{self.epochs}")
         if self.max_image_size < self.min_image_size:
@@ -55,6 +57,7 @@ class ProgressiveConfig(OptimizerConfig):
             check_number(name, getattr(self, name), low=0, high=high)
         super().__post_init__()
         check_number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True, optional=True)
+        check_number("final_stage_fraction", self.final_stage_fraction, low=0, high=1, low_open=True, optional=True)
         check_number("eval_image_size", self.eval_image_size, low=8, integer=True, optional=True)
 
     @classmethod
@@ -63,7 +66,8 @@ class ProgressiveConfig(OptimizerConfig):
         if member not in MEMBERS:
             raise InputError(f"member: unknown member {member!r}, allowed {', '.join(MEMBERS)}")
         m = MEMBERS[member]
-        values = {**asdict(m.progressive), "eval_image_size": m.eval_image_size}
+        # the paper's even stages (its stages span ~87 epochs each, so the last one adapts at a usable learning rate)
+        values = {**asdict(m.progressive), "eval_image_size": m.eval_image_size, "final_stage_fraction": None}
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -87,12 +91,26 @@ def _lerp(start: float, end: float, i: int, stages: int) -> float:
 
 
 
+def stage_epochs(epochs: int, stages: int, final_fraction: float | None = None) -> list[int]:
+    """Epochs per stage: the last stage gets ``round(final_fraction * epochs)`` (at least 1, leaving 1 per other
+    stage), the others split the rest evenly, earlier stages taking any remainder; ``None`` splits all evenly.
+
+        >>> stage_epochs(10, 4), stage_epochs(10, 3, 0.4)
+        ([3, 3, 2, 2], [3, 3, 4])
+    """
+    if stages == 1:
+        return [epochs]
+    last = None if final_fraction is None else min(epochs - stages + 1, max(1, round(final_fraction * epochs)))
+    rest, count = (epochs, stages) if last is None else (epochs - last, stages - 1)
+    base, extra = divmod(rest, count)
+    return [base + (1 if i < extra else 0) for i in range(count)] + ([] if last is None else [last])
+
+
 def schedule(config: ProgressiveConfig) -> list[Stage]:
-    """The per-stage settings (pure). Epochs split evenly; earlier stages take any remainder."""
-    base, extra = divmod(config.epochs, config.stages)
+    """The per-stage settings (pure); epochs per stage from :func:`stage_epochs` (fixed training: an even split)."""
+    counts = stage_epochs(config.epochs, config.stages, config.final_stage_fraction if config.progressive else None)
     stages, first = [], 1
-    for i in range(config.stages):
-        count = base + (1 if i < extra else 0)
+    for i, count in enumerate(counts):
         if config.progressive:
             values = (round(_lerp(config.min_image_size, config.max_image_size, i, config.stages)),
                       _lerp(config.min_dropout, config.max_dropout, i, config.stages),

@@ -504,7 +504,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--stages", type=_integer, help="number of progressive stages M (default 4)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--progressive", action="store_true", help="grow image size and regularization per stage (default)")
     mode.add_argument("--fixed", action="store_true", help="train every epoch at the end values (baseline)")
     p.add_argument("--member", help="take the start/end values of family member s, m or l")
     for name in ("min-image-size", "max-image-size", "eval-image-size"):

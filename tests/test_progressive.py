@@ -6,14 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import islice
 
 import pytest
 import torch
 
 from nas.data import load_dataset
-from nas.model import load_checkpoint
-from nas.progressive import train_progressive
+from nas.errors import InputError
+from nas.model import build, load_checkpoint
+from nas.pipeline import DeviceData
+from nas.progressive import reestimate_batchnorm, train_progressive
 from nas.schedule import ProgressiveConfig, schedule
+from nas.spec import NetworkSpec
 from nas.zoo import get
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 
@@ -43,7 +47,7 @@ def test_fixed_and_single_stage_use_end_values():
     assert {s.image_size for s in fixed} == {32} and {s.dropout for s in fixed} == {0.2}
     single = schedule(ProgressiveConfig(epochs=5, stages=1, min_image_size=16, max_image_size=32))
     assert len(single) == 1 and single[0].image_size == 32 and single[0].last_epoch == 5
-    uneven = schedule(ProgressiveConfig(epochs=7, stages=3))
+    uneven = schedule(ProgressiveConfig(epochs=7, stages=3, final_stage_fraction=None))
     assert [(s.first_epoch, s.last_epoch) for s in uneven] == [(1, 3), (4, 5), (6, 7)]
 
 
@@ -112,3 +116,62 @@ def test_resume_after_sigkill(tmp_path):
 def test_bad_input(tmp_path, args, needle):
     assert_one_line_error(run_nas("train", "efficientnetv2-b0", "--out", tmp_path / "x", *args), needle)
     assert not (tmp_path / "x").exists()
+
+
+def test_final_stage_fraction_gives_literal_stage_lengths():
+    plan = schedule(ProgressiveConfig(epochs=8, stages=3, min_image_size=16, max_image_size=32, final_stage_fraction=0.5))
+    assert [(s.first_epoch, s.last_epoch, s.image_size) for s in plan] == [(1, 2, 16), (3, 4, 24), (5, 8, 32)]
+    plan = schedule(ProgressiveConfig(epochs=10, stages=4, final_stage_fraction=0.4))
+    assert [(s.first_epoch, s.last_epoch) for s in plan] == [(1, 2), (3, 4), (5, 6), (7, 10)]
+    plan = schedule(ProgressiveConfig(epochs=5, stages=3, final_stage_fraction=1.0))  # every other stage keeps 1 epoch
+    assert [(s.first_epoch, s.last_epoch) for s in plan] == [(1, 1), (2, 2), (3, 5)]
+    plan = schedule(ProgressiveConfig(epochs=8, stages=3, final_stage_fraction=0.5, progressive=False))  # fixed: even
+    assert [(s.first_epoch, s.last_epoch) for s in plan] == [(1, 3), (4, 6), (7, 8)]
+    with pytest.raises(InputError, match="final_stage_fraction"):
+        ProgressiveConfig(final_stage_fraction=0.0)
+    with pytest.raises(InputError, match="batchnorm_batches"):
+        ProgressiveConfig(batchnorm_batches=-1)
+
+
+def test_batchnorm_reestimated_at_new_size():
+    data = load_dataset("digits")
+    dd = DeviceData(*data.split_validation(0.2, seed=0), device="cpu")
+    model = build(get("efficientnetv2-b0", 10))
+    model.train()
+    with torch.no_grad():  # running statistics of 16 px batches, the old size
+        for x, _ in islice(dd.train_batches(64, 16, torch.Generator().manual_seed(0)), 5):
+            model(x)
+    stem_bn = model.stem[1]
+    before = stem_bn.running_mean.clone(), stem_bn.running_var.clone()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    x24, _ = next(dd.train_batches(64, 24, torch.Generator().manual_seed(1), crop_padding=0, flip=False))
+    assert reestimate_batchnorm(model, [(x24, None)], torch.device("cpu")) == 1
+    with torch.no_grad():
+        stem_out = model.stem[0](x24)  # the stem conv's output at 24 px: what its BN normalizes
+    # one batch with cumulative averaging: running statistics = that batch's statistics (unbiased variance)
+    assert torch.allclose(stem_bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(stem_bn.running_var, stem_out.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(stem_bn.running_mean, before[0], atol=1e-3)
+    assert stem_bn.momentum == 0.1 and model.training  # settings restored
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # weights untouched
+    bn_count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    deepest = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    assert bn_count > 10 and int(deepest.num_batches_tracked) == 1  # every BN, down to the head, re-estimated
+
+
+def test_stage_change_reestimates_batchnorm_and_times_cpu(tmp_path):
+    calls = []
+
+    def keep(epoch, stage, model):
+        calls.append((epoch, stage.image_size, int(model.stem[1].num_batches_tracked)))
+
+    config = ProgressiveConfig(epochs=2, stages=2, min_image_size=16, max_image_size=24, batch_size=64, threads=2,
+                               batchnorm_batches=3)
+    tiny = NetworkSpec.from_block_strings("tiny", 8, ["r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e2_i8_o16_c1"], head_channels=32)
+    summary = train_progressive(tiny, load_dataset("digits"), config, tmp_path, log=lambda m: None, on_epoch_end=keep)
+    steps = calls[0][2]  # a fresh model's BN counts epoch 1's training steps
+    assert steps > 3 and calls[0][1] == 16 and calls[1][1] == 24
+    # at the size change the statistics are reset and re-estimated from 3 batches, then epoch 2 trains
+    assert calls[1][2] == 3 + steps
+    assert all(h["cpu_seconds"] > 0 for h in summary["history"])
+    assert summary["train_cpu_seconds"] == pytest.approx(sum(h["cpu_seconds"] for h in summary["history"]))
