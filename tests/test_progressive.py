@@ -141,13 +141,13 @@ def test_batchnorm_reestimated_at_new_size():
     with torch.no_grad():  # running statistics of 16 px batches, the old size
         for x, _ in islice(dd.train_batches(64, 16, torch.Generator().manual_seed(0)), 5):
             model(x)
-    stem_bn = model.stem[1]
+    stem_bn = model.stem.bn
     before = stem_bn.running_mean.clone(), stem_bn.running_var.clone()
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     x24, _ = next(dd.train_batches(64, 24, torch.Generator().manual_seed(1), crop_padding=0, flip=False))
     assert reestimate_batchnorm(model, [(x24, None)], torch.device("cpu")) == 1
     with torch.no_grad():
-        stem_out = model.stem[0](x24)  # the stem conv's output at 24 px: what its BN normalizes
+        stem_out = model.stem.conv(x24)  # the stem conv's output at 24 px: what its BN normalizes
     # one batch with cumulative averaging: running statistics = that batch's statistics (unbiased variance)
     assert torch.allclose(stem_bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(stem_bn.running_var, stem_out.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
@@ -163,7 +163,7 @@ def test_stage_change_reestimates_batchnorm_and_times_cpu(tmp_path):
     calls = []
 
     def keep(epoch, stage, model):
-        calls.append((epoch, stage.image_size, int(model.stem[1].num_batches_tracked)))
+        calls.append((epoch, stage.image_size, int(model.stem.bn.num_batches_tracked)))
 
     config = ProgressiveConfig(epochs=2, stages=2, min_image_size=16, max_image_size=24, batch_size=64, threads=2,
                                batchnorm_batches=3)
