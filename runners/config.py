@@ -44,15 +44,17 @@ def default_layout(cpus: int | None = None, max_concurrent: Any = None, cpus_per
     """
     cpus = max(1, cpus or os.cpu_count() or 1)
     usable = isinstance(gpus_per_trial, (int, float)) and gpus_per_trial > 0
-    if not isinstance(max_concurrent, int) or max_concurrent < 1:
-        if isinstance(cpus_per_trial, (int, float)) and cpus_per_trial > 0:
+    given_cpus = isinstance(cpus_per_trial, (int, float)) and not isinstance(cpus_per_trial, bool) and cpus_per_trial > 0
+    if max_concurrent is None:  # a value given (even a bad one, which validation then names) is kept
+        if given_cpus:
             max_concurrent = max(1, min(4, int(cpus // cpus_per_trial)))
         elif usable:
             max_concurrent = max(1, int((torch.cuda.device_count() if gpus is None else gpus) // gpus_per_trial))
         else:
             max_concurrent = min(4, cpus)
-    if not isinstance(cpus_per_trial, (int, float)) or cpus_per_trial <= 0:
-        cpus_per_trial = float(max(1, cpus // max_concurrent))
+    if cpus_per_trial is None:
+        share = max_concurrent if isinstance(max_concurrent, int) and not isinstance(max_concurrent, bool) and max_concurrent > 0 else 1
+        cpus_per_trial = float(max(1, cpus // share))
     return max_concurrent, cpus_per_trial
 
 

@@ -252,7 +252,7 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("train-lr-nan", ["train", "efficientnetv2-b0", "--lr", "nan"], ("--lr",)),
     ("train-ema-1", ["train", "efficientnetv2-b0", "--ema", "1"], ("ema_decay",)),
     ("train-threads-0", ["train", "efficientnetv2-b0", "--threads", "0"], ("--threads",)),
-    ("train-mode-both", ["train", "efficientnetv2-b0", "--progressive", "--fixed"], ("--fixed",)),
+    ("train-progressive-flag-gone", ["train", "efficientnetv2-b0", "--progressive"], ("--progressive",)),
     ("train-data", ["train", "efficientnetv2-b0", "--data", "{w}/nope"], ("data",)),
     ("train-spec-utf8", ["train", "{w}/bad_utf8.json"], ("spec", "UTF-8")),
     ("train-spec-unknown", ["train", "nope"], ("spec",)),
