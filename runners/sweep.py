@@ -670,7 +670,7 @@ class _Driver:
         self.new_done += count
         key = record.get("spec_key", flight.spec.key())
         reward = record.get("reward") if state == TrialState.COMPLETE else None
-        self.ledger.absorb(Seen(number, state, key, record.get("failure_reason"), flight.attempt, None, reward))
+        self.ledger.absorb(Seen(number, state, key, record.get("failure_reason"), flight.attempt, flight.trial.user_attrs.get("role"), reward))
 
     def answer(self, number: int, source: optuna.trial.FrozenTrial) -> None:
         """Finish ``number`` with the record of ``source``, a finished trial of the same architecture."""

@@ -238,6 +238,7 @@ def test_no_storage_password_anywhere(postgres, tmp_path):
     url, secret = postgres.new_database(), postgres.password
     runs, exports = tmp_path / "runs", tmp_path / "exports"
     run_dir = runs / "team"
+    exports.mkdir()  # -o needs an existing parent directory
     ray_tmp = tempfile.mkdtemp(prefix="nas-ray-")
     outputs: list[Result] = []
     try:
