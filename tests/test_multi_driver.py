@@ -59,7 +59,8 @@ def _assert_one_sweep(study: optuna.Study, n: int) -> None:
             assert source.user_attrs["spec_key"] == t.user_attrs["spec_key"] and "reused_from" not in source.user_attrs
 
 
-@pytest.mark.parametrize("stagger", [0, 15])
+# together on SQLite, staggered on PostgreSQL: each storage and each start pattern once (suite time)
+@pytest.mark.parametrize("storage, stagger", [("sqlite", 0), ("postgresql", 15)], indirect=["storage"])
 def test_two_drivers_one_sweep(tmp_path, storage, stagger):
     (tmp_path / "sweep.yaml").write_text(LIVENESS + "space:\n" + "".join(f"  {line}\n" for line in TWO_ARCHS.splitlines()))
     first = _driver(tmp_path, "runs", storage, "--trials", "4")
@@ -75,6 +76,8 @@ def test_two_drivers_one_sweep(tmp_path, storage, stagger):
     assert len({t.user_attrs["driver"] for t in study.trials}) == 2  # both drivers took part
 
 
+# PostgreSQL, the team storage; a killed driver on SQLite is recovered in tests/test_sweep.py's resume test
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
 def test_killed_driver_is_recovered_by_the_other(tmp_path, storage):
     (tmp_path / "sweep.yaml").write_text(LIVENESS)
     victim = _driver(tmp_path, "runs-a", storage, "--trials", "4", "--epochs", "2")
