@@ -47,7 +47,7 @@ def _load(storage: str) -> optuna.Study:
 
 
 def _assert_one_sweep(study: optuna.Study, n: int) -> None:
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") != "backbone"]  # the yardstick is extra
     finished = [t for t in trials if t.state in Finished]
     assert len(finished) == n, [(t.number, t.state, t.user_attrs.get("failure_reason")) for t in trials]
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
@@ -73,7 +73,8 @@ def test_two_drivers_one_sweep(tmp_path, storage, stagger):
         json.loads(out)
     study = _load(storage)
     _assert_one_sweep(study, 4)
-    assert len({t.user_attrs["driver"] for t in study.trials}) == 2  # both drivers took part
+    if not stagger:  # started together, both take part (a late driver may find the sweep done: it must only not break it)
+        assert len({t.user_attrs["driver"] for t in study.trials}) == 2
 
 
 # PostgreSQL, the team storage; a killed driver on SQLite is recovered in tests/test_sweep.py's resume test

@@ -105,8 +105,8 @@ def test_trial_timeout_cancels_and_sweep_goes_on(tmp_path):
                      "--trial-timeout", "2", *FAST, "--json")
     assert result.code == 1, result.err  # nothing completed: a runtime failure, but the sweep ran to its end
     assert result.json()["failed"] == 2
-    trials = open_run(tmp_path / "slow").study.trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    trials = open_run(tmp_path / "slow").study.trials  # the backbone yardstick, then the two search trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3 and trials[0].user_attrs["role"] == "backbone"
     assert all(t.user_attrs["failure_reason"].startswith("timeout") for t in trials)
 
 
