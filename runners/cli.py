@@ -426,7 +426,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="backbone spec for the space and the S/P reference (default efficientnetv2-b0)")
     p.add_argument("--space", help="search-space config file (see `nas space`)")
     p.add_argument("--trials", type=_positive_int, help="number of finished trials to reach (default 8)")
-    p.add_argument("--concurrent", type=_positive_int, help="max concurrent trials (default 2)")
+    p.add_argument("--concurrent", type=_positive_int, help="max concurrent trials (default: from the machine, see README Layout)")
     p.add_argument("--cpus-per-trial", type=_finite_float)
     p.add_argument("--gpus-per-trial", type=_finite_float, help="fractions share a GPU")
     p.add_argument("--sampler", help="tpe (default), random, qmc, nsga2")

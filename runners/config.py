@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nas.errors import InputError, check_ints, check_number
 from nas.io import load_config_file
 from nas.timing import TimingConfig
@@ -49,7 +47,11 @@ def default_layout(cpus: int | None = None, max_concurrent: Any = None, cpus_per
         if given_cpus:
             max_concurrent = max(1, min(4, int(cpus // cpus_per_trial)))
         elif usable:
-            max_concurrent = max(1, int((torch.cuda.device_count() if gpus is None else gpus) // gpus_per_trial))
+            if gpus is None:
+                import torch  # only here: reading a config must not pay torch's import
+
+                gpus = torch.cuda.device_count()
+            max_concurrent = max(1, int(gpus // gpus_per_trial))
         else:
             max_concurrent = min(4, cpus)
     if cpus_per_trial is None:
