@@ -183,10 +183,13 @@ def test_search_on_a_two_node_ray_cluster(tmp_path):
                                        "--include-dashboard", "false", *common],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         assert len(_alive_nodes(address, env, 1)) == 1
-        procs.append(subprocess.Popen([*RAY, "start", "--address", address, *common], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
-        node_ids = _alive_nodes(address, env, 2)
-        assert len(node_ids) == 2
+        # the worker node names its address too: left to guess, it may register an interface the head cannot reach
+        worker_log = tmp_path / "worker-node.log"
+        with worker_log.open("w") as log:
+            procs.append(subprocess.Popen([*RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        node_ids = _alive_nodes(address, env, 2, timeout=180)
+        assert len(node_ids) == 2, f"worker node did not join (exit {procs[-1].poll()}): {worker_log.read_text()[-2000:]}"
 
         result = run_nas("search", "--name", "cluster", "--runs-dir", tmp_path / "runs", "--address", address,
                          "--cpus-per-trial", "1", *TINY, "--json", env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")})
