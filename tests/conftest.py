@@ -29,6 +29,7 @@ class Result:
 def run_nas(*args: str, timeout: float = 600, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Result:
     """Run ``python -m runners.cli ARGS`` as a user would run ``nas ARGS``."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    full_env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # set by an in-process sweep earlier in this pytest run
     proc = subprocess.run(
         [sys.executable, "-m", "runners.cli", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=full_env,
@@ -44,6 +45,20 @@ def assert_one_line_error(result: Result, *needles: str) -> None:
     assert "Traceback" not in result.err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+# the backbone's layer counts, 3x3 kernels, expansions 1 or 4 (4 or 6 in the last two stages): 4,096 architectures
+# no larger than v2-b0 and the backbone among them (its yardstick trial runs), so sweep tests spend their time on
+# the sweep rather than on training 40M-parameter draws (the shared sweep below keeps the default space)
+SMALL_SPACE = "layers_delta: 0\ndefaults: {kernels: [3], expansions: [1, 4]}\nstages: {5: {expansions: [4, 6]}, 6: {expansions: [4, 6]}}\n"
+
+
+@pytest.fixture
+def small_space(tmp_path) -> list[str]:
+    """``--space FILE`` arguments for the small space above."""
+    path = tmp_path / "small_space.yaml"
+    path.write_text(SMALL_SPACE)
+    return ["--space", str(path)]
 
 
 @pytest.fixture

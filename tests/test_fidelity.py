@@ -35,8 +35,9 @@ def test_rank_statistics_match_scipy_with_ties():
 
 
 @pytest.mark.slow
-def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path):
-    args = ["search", "--name", "fid", "--runs-dir", tmp_path, "--concurrent", "2", "--sampler", "random", "--seed", "5", *FAST]
+def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
+    args = ["search", "--name", "fid", "--runs-dir", tmp_path, "--concurrent", "2", "--sampler", "random", "--seed", "5", *small_space,
+            *FAST]
     result = run_nas(*args, "--trials", "3", "--json")
     assert result.code == 0, result.err
     run = open_run(tmp_path / "fid")

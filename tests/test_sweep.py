@@ -19,9 +19,9 @@ FAST = ["--epochs", "2", "--image-size", "16", "--timing-image-size", "32", "--t
 Complete = optuna.trial.TrialState.COMPLETE
 
 
-def test_sweep_six_trials_two_concurrent(tmp_path):
+def test_sweep_six_trials_two_concurrent(tmp_path, small_space):
     result = run_nas("search", "--name", "e2e", "--runs-dir", tmp_path, "--trials", "6", "--concurrent", "2", "--sampler", "random",
-                     *FAST, "--json")
+                     *small_space, *FAST, "--json")
     assert result.code == 0, result.err
     summary = result.json()
     assert summary["complete"] == 6 and summary["failed"] == 0
@@ -53,11 +53,11 @@ def test_failing_evaluation_is_stored_fail_and_sweep_completes(tmp_path):
     assert all("Expected more than 1 value per channel" in t.user_attrs["failure_reason"] for t in trials)
 
 
-def test_resume_after_sigkill(tmp_path):
+def test_resume_after_sigkill(tmp_path, small_space):
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text("heartbeat_interval: 1\ngrace_period: 3\n")  # the killed driver's trial goes stale after 3 s
     args = [sys.executable, "-m", "runners.cli", "search", "--name", "resume", "--runs-dir", str(tmp_path), "--trials", "5",
-            "--concurrent", "1", "--sampler", "random", "--quiet", "--config", str(cfg), *FAST]
+            "--concurrent", "1", "--sampler", "random", "--quiet", "--config", str(cfg), *small_space, *FAST]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "resume" / "study.db"
@@ -145,9 +145,9 @@ def test_config_file_toml(tmp_path):
     assert json.loads(json.dumps(config.to_dict()))["train"]["epochs"] == 1
 
 
-def test_multi_objective_sweep_and_pareto_front(tmp_path):
+def test_multi_objective_sweep_and_pareto_front(tmp_path, small_space):
     result = run_nas("search", "--name", "multi", "--runs-dir", tmp_path, "--trials", "4", "--concurrent", "2", "--objective", "multi",
-                     "--sampler", "nsga2", *FAST, "--json")
+                     "--sampler", "nsga2", *small_space, *FAST, "--json")
     assert result.code == 0, result.err
     run = open_run(tmp_path / "multi")
     assert [d.name for d in run.study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
@@ -163,8 +163,8 @@ def test_multi_objective_sweep_and_pareto_front(tmp_path):
     assert front == brute
 
 
-def test_asha_pruner_reports_per_epoch(tmp_path):
-    result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "4", "--concurrent", "2", "--pruner", "asha",
+def test_asha_pruner_reports_per_epoch(tmp_path, small_space):
+    result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "4", "--concurrent", "2", "--pruner", "asha", *small_space,
                      "--sampler", "random", "--epochs", "3", "--image-size", "16", "--timing-image-size", "32",
                      "--timing-batch-size", "8", "--timing-steps", "3", "--json")
     assert result.code == 0, result.err

@@ -174,6 +174,9 @@ def test_search_on_a_two_node_ray_cluster(tmp_path):
     address = f"127.0.0.1:{port}"
     # the README's team setup: token authentication on every node and for the driver
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "HOME": str(tmp_path)}
+    # an in-process sweep earlier in this pytest run set the local-only switch (runners/credentials.py), which
+    # would make a joining node refuse ("Multi-node Ray clusters are not supported")
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     common = ["--num-cpus", "1", "--temp-dir", ray_tmp, "--block", "--disable-usage-stats",
               "--dashboard-agent-listen-port", "0"]
     procs: list[subprocess.Popen] = []
