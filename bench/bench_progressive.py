@@ -7,7 +7,7 @@ measured in the same seed's two runs). Training time is process CPU time with 1 
 the machine's 2 cores are shared with other jobs, so wall time measures the neighbours as much as
 the training. Wall time is printed too. Writes bench/progressive_accuracy_vs_time.png.
 
-    python bench/bench_progressive.py --data ../shared/data/cifar10/cifar-10-batches-py --budgets 4 8 --jobs 3
+    python bench/bench_progressive.py --data ../shared/data/cifar10/cifar-10-batches-py --budgets 10 20 40 --jobs 2
 """
 
 from __future__ import annotations
@@ -172,9 +172,9 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10/cifar-10-batches-py")
     parser.add_argument("--train-subset", type=int, default=2000)
     parser.add_argument("--test-subset", type=int, default=1000)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=3, help="parallel processes, 1 torch thread each")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel processes, 1 torch thread each")
     parser.add_argument("--plot", default=str(PLOT))
     parser.add_argument("--from-logs", nargs="+", help="no training: summary and plot from the printed lines of earlier runs")
     args = parser.parse_args()
@@ -190,10 +190,10 @@ def main() -> None:
     summary = summarize(rows, sorted(args.budgets))
     config = ProgressiveConfig()
     title = (f"CIFAR-10 {args.train_subset}/{args.test_subset}, {SPEC.name}, {config.min_image_size}->{config.max_image_size} px, "
-             f"{config.stages} stages, budgets {sorted(args.budgets)} epochs, {args.seeds} seeds, 2-core shared CPU")
+             f"{config.stages} stages, budgets {sorted(args.budgets)} epochs, {args.seeds} seeds, {os.cpu_count()}-core CPU, {args.jobs} jobs of 1 thread")
     plot(rows, Path(args.plot), title)
     print(json.dumps({
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "threads": 1, "jobs": args.jobs, "spec": SPEC.key(),
         "data": f"cifar10 {args.train_subset}/{args.test_subset}", "config": {k: v for k, v in vars(config).items()},
         "seeds": args.seeds, "equal_time_uses": "process CPU seconds", "plot": args.plot, "summary": summary, "runs": rows,

@@ -49,10 +49,15 @@ def timed(command: list[str], locks: Path) -> tuple[float, str]:
 
 
 def candidates(run_dir: Path) -> list[dict]:
-    """What the sweep trained: spec, seed and configs of each finished trial, in trial order."""
+    """What the sweep trained: spec and seed of each finished trial, the backbone yardstick included, in trial order.
+
+    The other two ways train the same list, so all three do the same work.
+    """
+    import optuna
+
     from runners.study import open_run
 
-    trials = sorted(open_run(run_dir).finished(), key=lambda t: t.number)
+    trials = sorted(open_run(run_dir).study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)
     return [{"spec": t.user_attrs["spec"], "seed": t.user_attrs["seed"], "wall_seconds": t.user_attrs.get("wall_seconds")}
             for t in trials]
 
@@ -136,7 +141,8 @@ def main() -> None:
                "backbone": optuna.load_study(study_name="default", storage=summary["storage"]).user_attrs["backbone"]}
         job_file = Path(runs) / "job.json"
         job_file.write_text(json.dumps(job))
-        print(f"sweep, default layout {layout[0]} trials x {layout[1]} threads: {len(items)} candidates in {wall_sweep:.1f} s", flush=True)
+        print(f"sweep, default layout {layout[0]} trials x {layout[1]} threads: {len(items)} candidates (the backbone yardstick and "
+              f"{args.trials} search trials) in {wall_sweep:.1f} s", flush=True)
         wall_seq, _ = timed([sys.executable, __file__, "--way", "sequential", "--job", str(job_file)], locks)
         print(f"sequential, one process, {os.cpu_count()} threads: {wall_seq:.1f} s", flush=True)
         wall_tune, _ = timed([sys.executable, __file__, "--way", "tune", "--job", str(job_file)], locks)

@@ -33,12 +33,14 @@ def default_layout(cpus: int | None = None, max_concurrent: Any = None, cpus_per
                    gpus_per_trial: Any = 0, gpus: int | None = None) -> tuple[int, float]:
     """(max_concurrent, cpus_per_trial) for a machine; a value given is kept and the other derived from it.
 
-    CPU: up to 4 trials of one thread or more each, the cores split evenly (2 cores: 2 x 1, measured
-    faster than one trial on both cores in bench/bench_sweep.py; more than 4 at once lose more to each
-    other's exclusive timing than they gain). GPU: one trial per ``gpus_per_trial`` of the GPUs.
+    CPU: up to 4 trials of at least two threads each, the cores split evenly (2 cores: 1 x 2; 16: 4 x 4).
+    On an idle 2-core machine one 2-thread trial at a time finished the same 9 candidates in 146 s
+    against 159 s for 2 x 1 (bench/bench_sweep.py, bench/RESULTS.md): a small net's step scales to 2
+    threads almost perfectly, while side-by-side trials wait for each other's exclusive timing; more
+    than 4 at once lose more to that than they gain. GPU: one trial per ``gpus_per_trial`` of the GPUs.
 
-        >>> default_layout(2), default_layout(16), default_layout(2, cpus_per_trial=2)
-        ((2, 1.0), (4, 4.0), (1, 2))
+        >>> default_layout(2), default_layout(8), default_layout(16), default_layout(2, cpus_per_trial=1)
+        ((1, 2.0), (4, 2.0), (4, 4.0), (2, 1))
     """
     cpus = max(1, cpus or os.cpu_count() or 1)
     usable = isinstance(gpus_per_trial, (int, float)) and gpus_per_trial > 0
@@ -53,7 +55,7 @@ def default_layout(cpus: int | None = None, max_concurrent: Any = None, cpus_per
                 gpus = torch.cuda.device_count()
             max_concurrent = max(1, int(gpus // gpus_per_trial))
         else:
-            max_concurrent = min(4, cpus)
+            max_concurrent = max(1, min(4, cpus // 2))
     if cpus_per_trial is None:
         share = max_concurrent if isinstance(max_concurrent, int) and not isinstance(max_concurrent, bool) and max_concurrent > 0 else 1
         cpus_per_trial = float(max(1, cpus // share))

@@ -48,7 +48,7 @@ from runners.config import SweepConfig
 from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.dashboard import refresh_figures
 from runners.preflight import check_address, check_resources, check_sweep
-from runners.study import best_scored, quiet_optuna, rdb_storage
+from runners.study import BACKBONE_ROLE, best_scored, quiet_optuna, rdb_storage
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
 from runners.yardstick import ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
@@ -148,8 +148,8 @@ def settings_difference(stored: dict[str, Any], current: dict[str, Any]) -> list
 
 
 def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, settings: dict[str, Any], extra: dict[str, Any],
-               driver: str) -> tuple[optuna.Study, bool]:
-    """Create the study (storing its settings) or load it and check ours against its; returns (study, created)."""
+               driver: str, space: SearchSpace) -> tuple[optuna.Study, bool]:
+    """Create the study (its backbone trial, then its settings) or load it and check ours against its; returns (study, created)."""
     multi = config.objective == "multi"
     pruner = asha_pruner() if config.pruner == "asha" else None
     try:
@@ -161,6 +161,9 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, setting
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["accuracy", "normalized_step_time", "normalized_params"] if multi else ["reward"])
+        # the yardstick before the settings: a driver that loads the study waits for the settings, so it finds the
+        # backbone already queued and does not queue a second one
+        ensure_backbone_trial(study, space)
         for key, value in {**extra, "search": settings}.items():
             study.set_user_attr(key, json.loads(json.dumps(value)))
         return study, True
@@ -169,7 +172,8 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, setting
     study = optuna.load_study(study_name=config.name, storage=storage, sampler=make_sampler(config.sampler, seed=seed), pruner=pruner)
     stored = study.user_attrs.get("search")
     deadline = time.monotonic() + 30
-    while stored is None and time.monotonic() < deadline and not study.get_trials(deepcopy=False):
+    while stored is None and time.monotonic() < deadline and all(t.user_attrs.get("role") == BACKBONE_ROLE
+                                                                  for t in study.get_trials(deepcopy=False)):
         time.sleep(0.5)  # created a moment ago by another driver that is still writing its settings
         stored = study.user_attrs.get("search")
     if stored is None:  # a study from before settings were stored: adopt ours
@@ -440,12 +444,12 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     driver = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     extra = {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
              "objective": config.objective, "data": config.data}
-    study, _ = open_study(config, storage, settings, extra, driver)  # refuses other settings before any write
+    study, _ = open_study(config, storage, settings, extra, driver, space)  # refuses other settings before any write
     _write_run_config(config)
     optuna.storages.fail_stale_trials(study)
     if recovered[0]:
         progress.log(f"resuming {config.name}: {recovered[0]} interrupted trial(s) marked failed and queued again")
-    ensure_backbone_trial(study, space)  # the yardstick: evaluated first, never counted toward n_trials
+    ensure_backbone_trial(study, space)  # the yardstick (again on resume, if lost): evaluated first, never counted toward n_trials
 
     executor: RayExecutor | LocalExecutor
     started_ray = False

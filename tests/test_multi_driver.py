@@ -140,3 +140,37 @@ def test_other_settings_on_the_same_study_are_refused(tmp_path, storage, extra, 
     assert [(t.number, t.state, t.user_attrs, t.params) for t in study.trials] == before
     assert study.user_attrs == attrs
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("storage", ["sqlite"], indirect=True)
+def test_drivers_opening_a_new_study_at_once_queue_one_backbone(storage):
+    """The creator queues the yardstick before it stores the settings a loading driver waits for."""
+    import threading
+
+    from runners.sweep import open_study, search_settings
+    from runners.yardstick import ensure_backbone_trial
+    from search_spaces import SearchSpace
+
+    space = SearchSpace.from_config({})
+    for attempt in range(5):
+        config = resolve_config(None, {"name": f"race{attempt}", "sampler": "random"})
+        settings = search_settings(config, space.backbone, space)
+        barrier, created, errors = threading.Barrier(3), [], []
+
+        def driver(name: str, config=config, settings=settings, barrier=barrier, created=created, errors=errors) -> None:
+            barrier.wait()
+            try:
+                study, made = open_study(config, rdb_storage(storage), settings, {}, name, space)
+                ensure_backbone_trial(study, space)  # as run_sweep does next
+                created.append(made)
+            except Exception as error:  # reported below with the attempt
+                errors.append(error)
+
+        threads = [threading.Thread(target=driver, args=(f"d{i}",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors and sorted(created) == [False, False, True], (attempt, errors, created)
+        trials = optuna.load_study(study_name=f"race{attempt}", storage=storage).get_trials(deepcopy=False)
+        assert [t.user_attrs.get("role") for t in trials] == ["backbone"], attempt

@@ -181,7 +181,8 @@ def test_default_layout_follows_the_machine():
 
     from runners.config import default_layout, resolve_config
 
-    assert default_layout(2) == (2, 1.0) and default_layout(16) == (4, 4.0) and default_layout(1) == (1, 1.0)
+    assert default_layout(2) == (1, 2.0) and default_layout(16) == (4, 4.0) and default_layout(1) == (1, 1.0)
+    assert default_layout(3) == (1, 3.0) and default_layout(4) == (2, 2.0) and default_layout(2, cpus_per_trial=1) == (2, 1)
     assert default_layout(2, cpus_per_trial=2) == (1, 2) and default_layout(8, max_concurrent=2) == (2, 4.0)
     assert default_layout(64, gpus_per_trial=0.5, gpus=8) == (16, 4.0)
     config = resolve_config(None, {"name": "layout"})
