@@ -6,6 +6,7 @@ Used by ``nas rescore``, ``export``, ``report`` and ``dashboard``; nothing here 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ def quiet_optuna() -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
+SCHEMA_RACE = ("UNIQUE constraint failed", "already exists", "duplicate key")
+
+
 def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                 stale_callback=None) -> optuna.storages.RDBStorage:
     """An RDB storage; SQLite gets a long busy timeout since several processes write to it.
@@ -36,14 +40,22 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
     """
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     remember_secret(url)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
-    except Exception as error:
-        # the message names the masked URL; the driver's text is scrubbed of the password
-        raise InputError(f"storage: cannot open {mask_url(url)!r}: {scrub(str(error).splitlines()[0])}") from None
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+        except Exception as error:
+            # drivers started together on a new database race to create Optuna's tables: the loser sees them
+            # half-made ("UNIQUE constraint failed: alembic_version", "already exists") and opens them a moment later
+            attempt += 1
+            if attempt < 4 and any(text in str(error) for text in SCHEMA_RACE):
+                time.sleep(0.5 * attempt)
+                continue
+            # the message names the masked URL; the driver's text is scrubbed of the password
+            raise InputError(f"storage: cannot open {mask_url(url)!r}: {scrub(str(error).splitlines()[0])}") from None
 
 
 def run_storage_url(config: SweepConfig, path: Path, storage: str | None = None) -> str:

@@ -142,7 +142,6 @@ def test_other_settings_on_the_same_study_are_refused(tmp_path, storage, extra, 
     assert not (tmp_path / "other").exists()
 
 
-@pytest.mark.parametrize("storage", ["sqlite"], indirect=True)
 def test_drivers_opening_a_new_study_at_once_queue_one_backbone(storage):
     """The creator queues the yardstick before it stores the settings a loading driver waits for."""
     import threading
