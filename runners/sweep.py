@@ -444,12 +444,13 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     driver = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     extra = {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
              "objective": config.objective, "data": config.data}
-    study, _ = open_study(config, storage, settings, extra, driver, space)  # refuses other settings before any write
+    study, created = open_study(config, storage, settings, extra, driver, space)  # refuses other settings before any write
     _write_run_config(config)
     optuna.storages.fail_stale_trials(study)
     if recovered[0]:
         progress.log(f"resuming {config.name}: {recovered[0]} interrupted trial(s) marked failed and queued again")
-    ensure_backbone_trial(study, space)  # the yardstick (again on resume, if lost): evaluated first, never counted toward n_trials
+    if not created:  # the creator queued it in open_study; a joining or resuming driver queues it if it is missing or was lost
+        ensure_backbone_trial(study, space)  # the yardstick: evaluated first, never counted toward n_trials
 
     executor: RayExecutor | LocalExecutor
     started_ray = False

@@ -186,7 +186,7 @@ def test_search_on_a_two_node_ray_cluster(tmp_path):
                                        "--include-dashboard", "false", *common],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         assert len(_alive_nodes(address, env, 1)) == 1
-        # the worker node names its address too: left to guess, it may register an interface the head cannot reach
+        # the worker node names the head's address explicitly, as the head does; its log is kept for the failure message
         worker_log = tmp_path / "worker-node.log"
         with worker_log.open("w") as log:
             procs.append(subprocess.Popen([*RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
