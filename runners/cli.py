@@ -344,9 +344,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from nas.data import load_dataset
     from nas.io import check_output_dir, load_spec, safe_name
+    from nas.lock import DeviceLock
     from nas.plots import plot_curves
     from nas.progressive import train_progressive
     from nas.schedule import ProgressiveConfig, explicit_config, schedule
+    from nas.train import pick_device
     from runners.preflight import activation_elements, check_device, check_memory
 
     check_device(args.device)
@@ -364,7 +366,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "--max-image-size/--batch-size")
     out = str(check_output_dir(args.out or f"runs/train-{safe_name(spec.name)}", "--out"))
     data = load_dataset(args.data)
-    summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                                lock=DeviceLock.for_device(pick_device(args.device)))  # a sweep's timer on this device stays honest
     plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")
     summary["out"] = out
     text = (f"{summary['mode']} training of {spec.name} on {summary['data']}: test accuracy {summary['test_accuracy']:.4f} "
