@@ -77,7 +77,8 @@ def _train_epoch(step: TrainStep, batches: Iterator[tuple[torch.Tensor, torch.Te
     progress.start_epoch()
     device = step.device
     # the mixup permutation is drawn on the device, from a generator seeded by the (checkpointed) CPU generator
-    device_generator = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    device_generator = (torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+                        if mixup_alpha > 0 else None)
     count = images = 0
     while True:
         with hold.work(), trace_device_work("train"):

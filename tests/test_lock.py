@@ -189,3 +189,26 @@ def test_lock_dir_and_files_that_could_be_swapped_are_refused(tmp_path, monkeypa
         monkeypatch.setenv("NAS_LOCK_DIR", str(other))
         with pytest.raises(PermissionError, match="not sticky"):
             lock_dir()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    """SIGKILL a process in the middle of its shared hold: the kernel drops its flock, a timer gets the device."""
+    holder = ("import sys, time\nfrom nas.lock import DeviceLock\n"
+              "with DeviceLock('test-device', sys.argv[1]).trainer('cpu') as hold, hold.work():\n"
+              "    open(sys.argv[2], 'w').close()\n    time.sleep(600)\n")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path), str(ready)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        other = open_lock_file(DeviceLock("test-device", tmp_path).data)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the holder lives
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once it is dead: no stale lock, no wait
+    os.close(other)

@@ -175,3 +175,32 @@ def test_stage_change_reestimates_batchnorm_and_times_cpu(tmp_path):
     assert calls[1][2] == 3 + steps
     assert all(h["cpu_seconds"] > 0 for h in summary["history"])
     assert summary["train_cpu_seconds"] == pytest.approx(sum(h["cpu_seconds"] for h in summary["history"]))
+
+
+def test_ema_update_is_the_lerp_and_buffers_follow_the_model():
+    """One multi-tensor update: ema = decay * ema + (1 - decay) * p for weights; BN statistics copied."""
+    from nas.regularize import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = EMA(net, 0.9)
+    before = [p.detach().clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    net(torch.randn(8, 3, 9, 9))  # moves the BN running statistics
+    ema.update(net)
+    for old, new, p in zip(before, ema.model.parameters(), net.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * p.detach())
+    torch.testing.assert_close(ema.model[1].running_mean, net[1].running_mean)
+    torch.testing.assert_close(ema.model[1].running_var, net[1].running_var)
+
+
+def test_mixup_permutation_is_drawn_on_the_device_generator():
+    from nas.regularize import mixup
+
+    x, y = torch.arange(8.0).view(8, 1), torch.arange(8)
+    mixed, y_a, y_b, lam = mixup(x, y, 0.4, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))  # the device generator's draw
+    assert torch.equal(y_b, y[perm]) and torch.equal(y_a, y)
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[perm])
