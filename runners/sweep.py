@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 import warnings
@@ -48,9 +47,10 @@ from runners.config import SweepConfig
 from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.dashboard import refresh_figures
 from runners.preflight import check_address, check_resources, check_sweep
-from runners.study import BACKBONE_ROLE, best_scored, quiet_optuna, rdb_storage
+from runners.progress import Progress
+from runners.study import BACKBONE_ROLE, backbone_trial, best_scored, quiet_optuna, rdb_storage
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
-from runners.yardstick import ensure_backbone_trial
+from runners.yardstick import against_backbone, ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
 
 INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"  # stored at ask; replaced at tell
@@ -65,26 +65,6 @@ Evaluate = Callable[[NetworkSpec, TrainConfig], dict[str, Any]]
 
 
 # ---- the driver side -------------------------------------------------------------------------
-class Progress:
-    """One stderr line per event: done / running / failed, best so far, ETA."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.quiet, self.begin = total, quiet, time.monotonic()
-
-    def log(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    def update(self, done: int, running: int, failed: int, pruned: int, best: tuple[float, int, str] | None, new_done: int) -> None:
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self.begin
-        remaining = max(0, self.total - done)
-        eta = f"{elapsed / new_done * remaining:.0f}s" if new_done and remaining else ("0s" if not remaining else "?")
-        best_text = f"best reward {best[0]:.4f} ({best[2]})" if best else "best reward -"
-        self.log(f"[{done}/{self.total} done, {running} running, {failed} failed, {pruned} pruned] {best_text}  "
-                 f"elapsed {elapsed:.0f}s  ETA {eta}")
-
-
 def init_ray(config: SweepConfig) -> bool:
     """Start Ray in-process (or join ``config.address``); returns True when we started it."""
     if not config.address:
@@ -352,13 +332,14 @@ class RayExecutor:
         self.ray, self.config, self.backbone = ray, config, backbone
         self.dataset_ref = ray.put(dataset)
         self.remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
-        self.board = ray.remote(PruneBoard).options(num_cpus=0).remote() if config.pruner == "asha" else None
+        self.board = ray.remote(PruneBoard).options(num_cpus=0).remote()  # progress always, pruning with asha
         self.run_dir = str(config.run_dir.resolve())
+        share = f"{config.cpus_per_trial:g} CPU" + (f", {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
+        self.where = f"on the Ray cluster at {config.address} ({share})" if config.address else f"on this machine ({share})"
 
     def submit(self, number: int, spec: NetworkSpec, train: TrainConfig) -> Any:
-        prune = (self.board, number) if self.board is not None else None
         return self.remote.remote(spec, self.dataset_ref, train, self.config.timing, self.backbone, self.config.gpus_per_trial > 0,
-                                  self.run_dir, prune)
+                                  self.run_dir, (self.board, number), self.config.pruner == "asha")
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
@@ -374,7 +355,10 @@ class RayExecutor:
         self.ray.cancel(handle, force=True)
 
     def reports(self) -> list[tuple[int, int, float]]:
-        return self.ray.get(self.board.take_reports.remote()) if self.board is not None else []
+        return self.ray.get(self.board.take_reports.remote()) if self.config.pruner == "asha" else []
+
+    def progress_reports(self) -> list[tuple[int, dict[str, Any]]]:
+        return self.ray.get(self.board.take_progress.remote())
 
     def decide(self, number: int, epoch: int, prune: bool) -> None:
         self.board.decide.remote(number, epoch, prune)
@@ -382,6 +366,8 @@ class RayExecutor:
 
 class LocalExecutor:
     """Runs ``evaluate(spec, train_config) -> record`` in the driver's process when a trial is submitted."""
+
+    where = "in the driver's process"
 
     def __init__(self, evaluate: Evaluate) -> None:
         self.evaluate, self.done = evaluate, {}
@@ -400,6 +386,9 @@ class LocalExecutor:
         self.done.pop(handle, None)
 
     def reports(self) -> list[tuple[int, int, float]]:
+        return []
+
+    def progress_reports(self) -> list[tuple[int, dict[str, Any]]]:
         return []
 
     def decide(self, number: int, epoch: int, prune: bool) -> None:
@@ -436,7 +425,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)
     settings = search_settings(config, backbone, space)
-    progress = Progress(config.n_trials, config.quiet)
+    progress = Progress(config.n_trials, config.quiet, config.max_concurrent)
     recovered = [0]
     if config.storage is None:
         private_dir(config.run_dir)  # the default SQLite study lives there
@@ -451,6 +440,8 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
         progress.log(f"resuming {config.name}: {recovered[0]} interrupted trial(s) marked failed and queued again")
     if not created:  # the creator queued it in open_study; a joining or resuming driver queues it if it is missing or was lost
         ensure_backbone_trial(study, space)  # the yardstick: evaluated first, never counted toward n_trials
+        known = backbone_trial(study)
+        progress.backbone_reward = known.user_attrs.get("reward") if known is not None else None
 
     executor: RayExecutor | LocalExecutor
     started_ray = False
@@ -485,6 +476,8 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     return {"run_dir": str(config.run_dir), "study": config.name, "storage": mask_url(config.storage_url), **counts,
             "trials_this_run": driver_run.new_done, "best_trial": best.number if best else None,
             "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
+            "best_metrics": {k: best.user_attrs[k] for k in ("accuracy", "normalized_step_time", "normalized_params", "reward")} if best else None,
+            "against_backbone": against_backbone(study, best) if best else None,
             "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds, "recovered": recovered[0]}
 
 
@@ -610,7 +603,11 @@ class _Driver:
         train = replace(self.config.train, seed=trial_seed(self.config.seed, number), threads=max(1, int(self.config.cpus_per_trial)))
         flight.handle = self.executor.submit(number, flight.spec, train)
         flight.started = time.monotonic()
+        self.progress.trial_started(number, flight.spec, self.executor.where, backbone=self.is_backbone(flight))
         return False
+
+    def is_backbone(self, flight: InFlight) -> bool:
+        return flight.trial.user_attrs.get("role") == BACKBONE_ROLE
 
     def settle_waiters(self) -> bool:
         changed = False
@@ -629,6 +626,9 @@ class _Driver:
                 continue
             flight.trial.report(value, epoch)
             self.executor.decide(number, epoch, flight.trial.should_prune())
+        for number, info in self.executor.progress_reports():
+            if number in self.mine:
+                self.progress.trial_progress(number, info)
         return False
 
     def time_to_timeout(self) -> float:
@@ -652,6 +652,8 @@ class _Driver:
                 record["reward"] = self.reward(record["accuracy"], record["normalized_step_time"], record["normalized_params"])
             except (ValueError, KeyError) as error:
                 record["status"], record["failure_reason"] = "failed", f"reward: {error}"
+        if number in self.mine and "reused_from" not in record:
+            self.progress.trial_finished(number, record, backbone=self.is_backbone(self.mine[number]))
         self.close(number, record)
 
     def close(self, number: int, record: dict[str, Any], count: bool = True) -> None:
@@ -681,12 +683,14 @@ class _Driver:
         """Finish ``number`` with the record of ``source``, a finished trial of the same architecture."""
         record = {k: v for k, v in source.user_attrs.items() if k not in NOT_COPIED}
         record["reused_from"] = source.number
+        self.progress.trial_reused(number, source.number)
         record["status"] = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned"}.get(source.state, "failed")
         self.finish(number, record)
 
     def show(self) -> None:
         c = self.ledger.counts
-        self.progress.update(self.ledger.counted, len(self.ledger.running()), c["failed"], c["pruned"], self.ledger.best, self.new_done)
+        running = len({s.number for s in self.ledger.running()} | set(self.mine))  # the backbone and this driver's trials too
+        self.progress.update(self.ledger.counted, running, c["failed"], c["pruned"], self.ledger.best, self.new_done)
         if time.monotonic() >= self.next_figures:
             refresh_figures(self.study, only_if_changed=True)  # never raises
             self.next_figures = time.monotonic() + FIGURE_SECONDS
