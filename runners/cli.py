@@ -76,6 +76,7 @@ def _fixed_width(rows: list[tuple[str, ...]]) -> str:
 
 
 STORAGE_HELP = "the run's storage URL with its password, for a study in PostgreSQL (default $NAS_STORAGE)"
+RUN_DIR_HELP = "the run directory of a sweep (RUNS_DIR/NAME, as `nas search` printed it)"
 JSON_HELP = "print one JSON document on stdout (logs stay on stderr)"
 TRAIN_HELP = {"image-size": "image size in px", "randaugment": "RandAugment magnitude (0 = off)", "mixup": "mixup alpha (0 = off)",
               "dropout": "dropout rate"}
@@ -398,18 +399,10 @@ def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def train_config(args: argparse.Namespace) -> Any:
+    """The ``ProgressiveConfig`` of ``nas train``'s flags: ``--member``'s values or the defaults, flags given on top."""
+    from nas.schedule import ProgressiveConfig, explicit_config
 
-    from nas.data import load_dataset
-    from nas.io import check_output_dir, load_spec, safe_name
-    from nas.plots import plot_curves
-    from nas.progressive import train_progressive
-    from nas.schedule import ProgressiveConfig, explicit_config, schedule
-    from runners.preflight import activation_elements, check_device, check_memory
-
-    check_device(args.device)
-    spec = load_spec(args.spec)
     explicit = {
         "epochs": args.epochs, "stages": args.stages, "min_image_size": args.min_image_size, "max_image_size": args.max_image_size,
         "eval_image_size": args.eval_image_size, "min_randaugment": args.min_randaugment, "max_randaugment": args.max_randaugment,
@@ -420,7 +413,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = ProgressiveConfig.for_member(args.member) if args.member else ProgressiveConfig()
     if args.stages is None and args.epochs is not None:  # the default number of stages fits the epochs given
         explicit["stages"] = min(base.stages, args.epochs)
-    config = explicit_config(base, **explicit)
+    return explicit_config(base, **explicit)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nas.data import load_dataset
+    from nas.io import check_output_dir, load_spec, safe_name
+    from nas.plots import plot_curves
+    from nas.progressive import train_progressive
+    from nas.schedule import schedule
+    from runners.preflight import activation_elements, check_device, check_memory
+
+    check_device(args.device)
+    spec = load_spec(args.spec)
+    config = train_config(args)
     check_memory(activation_elements(spec, config.max_image_size), config.batch_size, args.device,
                  "--max-image-size/--batch-size")
     out = str(check_output_dir(args.out or f"runs/train-{safe_name(spec.name)}", "--out"))
@@ -525,7 +533,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("rescore", help="re-rank a finished sweep under another reward, without training")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--reward", default="paper", help="paper (default), constrained, accuracy")
     p.add_argument("--w", type=_finite_float, help=f"paper: step-time exponent (default {DEFAULT_W})")
     p.add_argument("--v", type=_finite_float, help=f"paper: params exponent (default {DEFAULT_V})")
@@ -538,7 +546,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rescore)
 
     p = sub.add_parser("export", help="write the spec JSON of a trial with provenance")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--trial", default="best", help="best (default), pareto (writes a directory), or a trial number")
     p.add_argument("-o", "--output", help="arch.json (with --trial pareto: a directory, written DIR/ with a trailing slash)")
     p.add_argument("--out-dir", help="with --trial pareto: the directory for trial-N.json files (instead of -o DIR/)")
@@ -548,14 +556,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("dashboard", help="serve the sweep in optuna-dashboard with NAS notes")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
     p.add_argument("--storage", help=STORAGE_HELP)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html, refreshed each time)")
     p.add_argument("--force", action="store_true", help="overwrite an existing -o file")
     p.add_argument("--storage", help=STORAGE_HELP)
@@ -563,7 +571,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("fidelity", help="retrain K finished trials longer: does the proxy rank them like a long schedule?")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--trials", type=_positive_int, default=8, help="trials to retrain, incl. the best and the backbone (default 8)")
     p.add_argument("--epochs", type=_positive_int, help="long-schedule epochs (default 4x the sweep's)")
     p.add_argument("--image-size", type=_positive_int, help="long-schedule image size (default the sweep's)")
@@ -576,8 +584,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")
     p.add_argument("--data", required=True, help="required: digits (built in) or a path: IDX dir, CIFAR dir, image folder, .npz")
     p.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {PROG.epochs})")
-    p.add_argument("--stages", type=_integer, help=f"number of progressive stages M (default {PROG.stages}, never more than "
-                   "--epochs; with --member: 4)")
+    p.add_argument("--stages", type=_integer, help=f"number of progressive stages M (default {PROG.stages}, also with --member; "
+                   "never more than --epochs)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--fixed", action="store_true", help="train every epoch at the end values (baseline)")
     p.add_argument("--member", help="take the start/end values of family member s, m or l (default: small-image defaults below)")

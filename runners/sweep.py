@@ -358,7 +358,10 @@ class RayExecutor:
         return self.ray.get(self.board.take_reports.remote()) if self.config.pruner == "asha" else []
 
     def progress_reports(self) -> list[tuple[int, dict[str, Any]]]:
-        return self.ray.get(self.board.take_progress.remote())
+        try:
+            return self.ray.get(self.board.take_progress.remote(), timeout=10)
+        except Exception:  # the board lost (e.g. OOM-killed): progress lines stop, the sweep goes on
+            return []
 
     def decide(self, number: int, epoch: int, prune: bool) -> None:
         self.board.decide.remote(number, epoch, prune)
