@@ -38,7 +38,7 @@ from typing import Any
 
 import optuna
 
-from nas.data import load_dataset
+from nas.data import Dataset, load_dataset
 from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
@@ -412,8 +412,12 @@ class InFlight:
 
 
 # ---- the sweep ----------------------------------------------------------------------------------
-def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str, Any]:
+def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None, *, dataset: Dataset | None = None,
+              reward: Callable[[float, float, float], float] | None = None) -> dict[str, Any]:
     """Run (or resume, or join) the sweep described by ``config``; returns a summary dict.
+
+    ``dataset`` (the Python API's user data) replaces loading ``config.data``, which then names it;
+    ``reward`` (a function of A, S, P) replaces ``config.reward``'s, which then names it (``custom``).
 
     ``evaluate`` replaces the Ray workers by an in-process function ``(spec, train_config) -> record``
     (a record as :func:`runners.evaluate.evaluate_candidate` returns it); Ray is then not started.
@@ -424,7 +428,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     begin = time.monotonic()
     check_sweep(config)  # paths, storage, address, resources, memory: before anything is created
-    dataset = load_dataset(config.data)  # bad data paths fail here, before Ray starts
+    dataset = dataset if dataset is not None else load_dataset(config.data)  # bad data paths fail here, before Ray starts
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)
     settings = search_settings(config, backbone, space)
@@ -464,7 +468,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     startup_seconds = time.monotonic() - begin  # data, study, Ray start: before the first trial
     heartbeat = Heartbeat(storage, config.heartbeat_interval, progress.log)
     driver_run = _Driver(config, study, Ledger(study, storage, config.max_retries), heartbeat, executor, space,
-                         dataset.num_classes, progress, driver)
+                         dataset.num_classes, progress, driver, reward=reward)
     try:
         driver_run.loop()
     finally:
@@ -514,11 +518,12 @@ class _Driver:
     """The loop of one driver: fill free slots, settle waiters, relay pruning, time out, tell."""
 
     def __init__(self, config: SweepConfig, study: optuna.Study, ledger: Ledger, heartbeat: Heartbeat,
-                 executor: RayExecutor | LocalExecutor, space: SearchSpace, num_classes: int, progress: Progress, driver: str) -> None:
+                 executor: RayExecutor | LocalExecutor, space: SearchSpace, num_classes: int, progress: Progress, driver: str,
+                 *, reward: Callable[[float, float, float], float] | None = None) -> None:
         self.config, self.study, self.ledger, self.heartbeat, self.executor = config, study, ledger, heartbeat, executor
         self.space, self.num_classes, self.progress, self.driver = space, num_classes, progress, driver
         self.multi = config.objective == "multi"
-        self.reward = config.reward_function()
+        self.reward = reward or config.reward_function()
         self.mine: dict[int, InFlight] = {}  # by trial number
         self.new_done = 0
         self.next_stale_check = time.monotonic() + config.heartbeat_interval
