@@ -110,8 +110,9 @@ def user_dataset(train: Any, test: Any = None, *, num_classes: int | None = None
         digest.update(images.numpy().tobytes())
         digest.update(labels.numpy().tobytes())
     shape = "x".join(map(str, splits[0][0].shape[1:]))
-    label = f"{name}: {len(splits[0][0])} train{f' / {len(splits[1][0])} test' if len(splits) > 1 else ''} images {shape}, " \
-            f"{classes} classes, sha256 {digest.hexdigest()[:12]}"
+    counts = f"{len(splits[0][0])} train / {len(splits[1][0])} test images {shape}" if len(splits) > 1 else \
+        f"{len(splits[0][0])} images {shape} (20% held out for test)"
+    label = f"{name}: {counts}, {classes} classes, sha256 {digest.hexdigest()[:12]}"
     if len(splits) == 1:
         from nas.data import _hold_out_test
 

@@ -5,7 +5,7 @@ Lines (``--quiet`` silences all but warnings)::
     backbone (trial 0) started: F1k3e1-F2k3e4-F2k3e4-M3k3e4-M5k3e6-M8k3e6 on this machine (2 CPU)
     trial 0 (backbone): epoch 1/3, step 20/56, 310 img/s, 12 s
     backbone (trial 0) finished in 41 s: A 0.8750, S 1.000, P 1.000, reward 0.8750
-    [1/8 done, 1 running, 0 failed, 0 pruned] best trial 1: reward 0.8812 vs backbone 0.8750 (+0.0062)  elapsed 80s  ETA 290s
+    [1/8 done, 1 running, 0 failed, 0 pruned] best reward 0.8812 (trial 1) vs backbone 0.8750 (+0.0062)  elapsed 80s  ETA 290s
 
 The ETA comes from the trials finished so far (their mean duration, the trials still to run and
 the concurrency), never from the start-up time.
@@ -48,13 +48,13 @@ def versus_backbone(best: tuple[float, int] | None, backbone_reward: float | Non
     """The best trial against the backbone, in words.
 
     >>> versus_backbone((0.9427, 4), 0.9481)
-    'best trial 4: reward 0.9427 vs backbone 0.9481 (-0.0054): no trial beat the backbone'
+    'best reward 0.9427 (trial 4) vs backbone 0.9481 (-0.0054): no trial beat the backbone'
     >>> versus_backbone((0.95, 2), 0.94)
-    'best trial 2: reward 0.9500 vs backbone 0.9400 (+0.0100)'
+    'best reward 0.9500 (trial 2) vs backbone 0.9400 (+0.0100)'
     """
     if best is None:
         return "best reward -" + (f" (backbone {backbone_reward:.4f})" if backbone_reward is not None else "")
-    text = f"best trial {best[1]}: reward {best[0]:.4f}"
+    text = f"best reward {best[0]:.4f} (trial {best[1]})"
     if backbone_reward is None:
         return text
     text += f" vs backbone {backbone_reward:.4f} ({best[0] - backbone_reward:+.4f})"

@@ -60,6 +60,7 @@ SEARCH_SETTINGS = ("data", "backbone", "space", "reward", "objective", "pruner",
 NOT_COPIED = ("seed", "reused_from", "retry_of", "attempt", "driver", "role")  # per-trial attributes of a duplicate
 CLAIM_WAIT_SECONDS = 30.0  # a trial asked longer ago than this without a claim is not waited for
 FIGURE_SECONDS = 30.0  # dashboard figures read the whole study: redraw at most this often, off the per-trial path
+BACKBONE_VALUES = (float("-inf"), float("inf"), float("inf"))  # the backbone's objective values: last under every direction
 TrialState = optuna.trial.TrialState
 Evaluate = Callable[[NetworkSpec, TrainConfig], dict[str, Any]]
 
@@ -212,6 +213,13 @@ def requeue_stale(max_retries: int, counter: list[int]) -> Callable[[optuna.Stud
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1, **extra})
 
     return callback
+
+
+def report_curve(trial: optuna.Trial, curve: list[dict[str, Any]]) -> None:
+    """Each epoch's validation accuracy as the trial's intermediate value (the dashboard's learning curves)."""
+    for point in curve:
+        if "epoch" in point and point.get("val_accuracy") is not None:
+            trial.report(float(point["val_accuracy"]), int(point["epoch"]))
 
 
 # ---- the ledger: what the driver knows about every trial, kept incrementally -----------------------
@@ -674,8 +682,12 @@ class _Driver:
             for name, value in record.items():
                 if name != "traceback":
                     flight.trial.set_user_attr(name, json.loads(json.dumps(value, default=str)))
+            if self.config.pruner != "asha":  # the per-epoch curve as intermediate values (asha reported them already)
+                report_curve(flight.trial, record.get("curve") or [])
             if state == TrialState.COMPLETE:
                 values = [record["accuracy"], record["normalized_step_time"], record["normalized_params"]] if self.multi else record["reward"]
+                if self.is_backbone(flight):  # the yardstick's objective value is kept out: it is never "best" (its
+                    values = BACKBONE_VALUES if self.multi else BACKBONE_VALUES[0]  # metrics stay in its user attributes)
                 self.study.tell(flight.trial, values)
             else:
                 self.study.tell(flight.trial, state=state)

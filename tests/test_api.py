@@ -35,7 +35,7 @@ def test_readme_example_runs_as_written(tmp_path):
     from runners.study import open_run
 
     run = open_run(tmp_path / "runs" / "api-demo")
-    assert run.study.user_attrs["data"].startswith("user data: 192 train / 48 test images 1x16x16, 2 classes, sha256 ")
+    assert run.study.user_attrs["data"].startswith("user data: 240 images 1x16x16 (20% held out for test), 2 classes, sha256 ")
     assert run.study.user_attrs["reward"] == {"name": "custom", "function": "__main__.my_reward"}
     best = max((t for t in run.study.trials if t.user_attrs.get("reward") is not None and t.user_attrs.get("role") != "backbone"),
                key=lambda t: t.user_attrs["reward"])
@@ -50,10 +50,10 @@ def test_create_model_from_every_source(tmp_path):
     arch.write_text(json.dumps({"spec": spec.to_dict(), "provenance": {"trial": 3}}))
     assert NetworkSpec.from_dict(json.loads(arch.read_text())) == spec  # an exported arch.json, as a dict
     for source in (str(arch), arch, "efficientnetv2-b0", spec, spec.to_dict(), json.loads(arch.read_text())):
-        model = nas.create_model(source, num_classes=7, in_chans=1)
-        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+        assert nas.load_spec(source, num_classes=5) == spec.with_classes(5)
+    model = nas.create_model(arch, num_classes=7, in_chans=1)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
     assert nas.create_model(spec)(torch.zeros(2, 3, 32, 32)).shape == (2, spec.num_classes)
-    assert nas.load_spec(arch, num_classes=5).num_classes == 5
 
 
 def test_user_dataset_from_a_torch_dataset():
