@@ -320,8 +320,8 @@ def _export_target(args: argparse.Namespace) -> str:
     if not args.output:
         raise InputError("--out-dir: missing, --trial pareto writes one file per trial: allowed --out-dir DIR or -o DIR/")
     if not args.output.endswith(("/", os.sep)) and not os.path.isdir(args.output):
-        raise InputError(f"-o: {args.output!r} with --trial pareto must name a directory explicitly, allowed -o {args.output}/ "
-                         f"or --out-dir {args.output} (one trial-N.json per Pareto trial)")
+        raise InputError(f"-o: {args.output!r} is not a directory; --trial pareto writes one trial-N.json per Pareto trial into a "
+                         f"directory named explicitly, allowed -o {args.output}/ or --out-dir {args.output}")
     return args.output
 
 
