@@ -416,6 +416,17 @@ def train_config(args: argparse.Namespace) -> Any:
     return explicit_config(base, **explicit)
 
 
+def _memory_warning(need: int, device: str | None, config: Any) -> None:
+    """A warning before training whose activations alone (a lower bound) take over a quarter of the free memory."""
+    from runners.preflight import available_memory
+
+    available = available_memory(device)
+    if available is not None and need > available[0] / 4:
+        print(f"nas train: warning: a step at {config.max_image_size} px, batch {config.batch_size} keeps at least {need / 2**30:.1f} GiB "
+              f"of activations (real use is several times that); {available[0] / 2**30:.1f} GiB is free on {available[1]}: "
+              "consider a smaller --max-image-size or --batch-size", file=sys.stderr, flush=True)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -431,6 +442,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = train_config(args)
     check_memory(activation_elements(spec, config.max_image_size), config.batch_size, args.device,
                  "--max-image-size/--batch-size")
+    _memory_warning(activation_elements(spec, config.max_image_size) * config.batch_size * 4, args.device, config)
     out = str(check_output_dir(args.out or f"runs/train-{safe_name(spec.name)}", "--out"))
     data = load_dataset(args.data)
     print(printable(f"training {spec.name} on {data.name} ({data.num_classes} classes): {config.epochs} epochs, "
