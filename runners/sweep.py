@@ -682,7 +682,7 @@ class _Driver:
             for name, value in record.items():
                 if name != "traceback":
                     flight.trial.set_user_attr(name, json.loads(json.dumps(value, default=str)))
-            if self.config.pruner != "asha":  # the per-epoch curve as intermediate values (asha reported them already)
+            if self.config.pruner != "asha" and not self.multi:  # per-epoch curve as intermediate values (asha reported them)
                 report_curve(flight.trial, record.get("curve") or [])
             if state == TrialState.COMPLETE:
                 values = [record["accuracy"], record["normalized_step_time"], record["normalized_params"]] if self.multi else record["reward"]
