@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -19,13 +19,14 @@ import torch
 from nas import checkpoint
 from nas.data import Dataset
 from nas.io import atomic_write_json
+from nas.lock import DeviceLock, TrainerHold, trace_device_work
 from nas.model import build
 from nas.pipeline import DeviceData
 from nas.regularize import EMA, mixup, randaugment
 from nas.schedule import ProgressiveConfig, Stage, schedule
 from nas.spec import NetworkSpec
-from nas.step import TrainStep
-from nas.train import NonFiniteLoss, autocast, evaluate, pick_device, seed_everything, warmup_cosine
+from nas.step import StepStats, TrainStep
+from nas.train import NonFiniteLoss, Progress, ProgressCallback, autocast, evaluate, pick_device, seed_everything, warmup_cosine
 
 BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
@@ -69,13 +70,45 @@ def reestimate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.T
     return count
 
 
-def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfig, out_dir: str | Path,
+def _train_epoch(step: TrainStep, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *, hold: TrainerHold,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, ema: EMA | None, mixup_alpha: float,
+                 generator: torch.Generator, progress: Progress, epoch: int) -> StepStats:
+    """One epoch of steps, each batch (made, mixed, stepped, averaged) one unit of device work; no host sync per step."""
+    progress.start_epoch()
+    device = step.device
+    # the mixup permutation is drawn on the device, from a generator seeded by the (checkpointed) CPU generator
+    device_generator = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    count = images = 0
+    while True:
+        with hold.work(), trace_device_work("train"):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            x, y_a, y_b, lam = mixup(*batch, mixup_alpha, generator, device_generator) if mixup_alpha > 0 else (*batch, batch[1], 1.0)
+            step(x, y_a, y_b, lam)
+            scheduler.step()
+            if ema is not None:
+                ema.update(step.model)
+        count, images = count + 1, images + len(y_a)
+        if progress.due():
+            hold.pause()
+            progress.report(epoch, count, images)
+    with hold.work(), trace_device_work("train"):
+        return step.drain_stats()  # one host sync per epoch
+
+
+def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfig, out_dir: str | Path, *,
                       device: str | None = None, log=print,
-                      on_epoch_end: Callable[[int, Stage, torch.nn.Module], None] | None = None) -> dict[str, Any]:
+                      on_epoch_end: Callable[[int, Stage, torch.nn.Module], None] | None = None,
+                      lock: DeviceLock | None = None, on_progress: ProgressCallback | None = None,
+                      progress_interval: float = 5.0) -> dict[str, Any]:
     """Train ``spec`` on ``data`` with the schedule of ``config``; resume from ``out_dir`` if a checkpoint is there.
 
     Writes ``checkpoint.pt`` every epoch, then ``summary.json``. Returns the summary.
     ``on_epoch_end(epoch, stage, model)`` runs after each epoch's checkpoint (logging, inspection).
+    Device work runs under ``lock``'s shared hold (``nas train`` passes the device's
+    :class:`~nas.lock.DeviceLock`, so a sweep's timer on the same device is not disturbed);
+    ``on_progress`` as in :func:`nas.train.train_proxy`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,50 +141,53 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch, train_seconds = json.loads(state["history"]), int(state["epoch"]) + 1, float(state["train_seconds"])
 
-    for stage in plan:
-        if stage.last_epoch < start_epoch:
-            continue
-        model.set_dropout(stage.dropout)
-        resized = stage.index > 0 and stage.image_size != plan[stage.index - 1].image_size
-        augment = randaugment(stage.randaugment, config.randaugment_ops)
-        log(f"stage {stage.index + 1}/{len(plan)}: epochs {stage.first_epoch}-{stage.last_epoch}, image {stage.image_size}, "
-            f"dropout {stage.dropout:.3f}, RandAugment {stage.randaugment:.1f}, mixup {stage.mixup:.2f}")
-        for epoch in range(max(stage.first_epoch, start_epoch), stage.last_epoch + 1):
-            begin, cpu_begin = time.perf_counter(), time.process_time()
-            if config.batchnorm_batches and resized and epoch == stage.first_epoch:  # timed: part of training
-                _recalibrate(model, data_dev, config, stage.image_size, stage.index, torch_device)  # stats of the new size
-            model.train()
-            for x, y in data_dev.train_batches(config.batch_size, stage.image_size, generator, augment=augment):
-                x, y_a, y_b, lam = mixup(x, y, stage.mixup, generator) if stage.mixup > 0 else (x, y, y, 1.0)
-                step(x, y_a, y_b, lam)
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
-            stats = step.drain_stats()  # one host sync per epoch
-            if not stats.finite:
-                raise NonFiniteLoss(f"non-finite loss at epoch {epoch}")
-            loss_sum, seen = stats.loss_sum, stats.samples
-            seconds, cpu_seconds = time.perf_counter() - begin, time.process_time() - cpu_begin
-            train_seconds += seconds
-            evaluated = ema.model if ema is not None else model
-            accuracy, val_loss = evaluate(evaluated, data_dev.eval_batches(512, stage.image_size), torch_device)
-            history.append({"epoch": epoch, "stage": stage.index, "image_size": stage.image_size, "train_loss": loss_sum / max(1, seen),
-                            "val_accuracy": accuracy, "val_loss": val_loss, "seconds": seconds,
-                            "cpu_seconds": cpu_seconds, "lr": scheduler.get_last_lr()[0]})
-            log(f"epoch {epoch}/{config.epochs}: train loss {loss_sum / max(1, seen):.4f}, val accuracy {accuracy:.4f} ({seconds:.1f} s)")
-            checkpoint.save(out, {
-                "identity": json.dumps(identity), "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "ema": ema.model.state_dict() if ema is not None else {},
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
-                "train_seconds": train_seconds,
-            })
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, stage, model)
-    final = ema.model if ema is not None else model
-    eval_size = config.eval_image_size or config.max_image_size
-    if config.batchnorm_batches and eval_size != plan[-1].image_size:
-        _recalibrate(final, data_dev, config, eval_size, len(plan), torch_device)  # train/test size discrepancy
-    test_accuracy, test_loss = evaluate(final, data_dev.eval_batches(512, eval_size, split="test"), torch_device)
+    device_lock = lock or DeviceLock("none", enabled=False)
+    with device_lock.trainer(torch_device) as hold:
+        for stage in plan:
+            if stage.last_epoch < start_epoch:
+                continue
+            model.set_dropout(stage.dropout)
+            resized = stage.index > 0 and stage.image_size != plan[stage.index - 1].image_size
+            augment = randaugment(stage.randaugment, config.randaugment_ops)
+            log(f"stage {stage.index + 1}/{len(plan)}: epochs {stage.first_epoch}-{stage.last_epoch}, image {stage.image_size}, "
+                f"dropout {stage.dropout:.3f}, RandAugment {stage.randaugment:.1f}, mixup {stage.mixup:.2f}")
+            for epoch in range(max(stage.first_epoch, start_epoch), stage.last_epoch + 1):
+                begin, cpu_begin = time.perf_counter(), time.process_time()
+                if config.batchnorm_batches and resized and epoch == stage.first_epoch:  # timed: part of training
+                    with hold.work():
+                        _recalibrate(model, data_dev, config, stage.image_size, stage.index, torch_device)  # stats of the new size
+                batches = data_dev.train_batches(config.batch_size, stage.image_size, generator, augment=augment)
+                stats = _train_epoch(step, batches, hold=hold, scheduler=scheduler, ema=ema, mixup_alpha=stage.mixup,
+                                     generator=generator, progress=Progress(on_progress, config.epochs, steps_per_epoch,
+                                                                            progress_interval), epoch=epoch)
+                if not stats.finite:
+                    raise NonFiniteLoss(f"non-finite loss at epoch {epoch}")
+                loss_sum, seen = stats.loss_sum, stats.samples
+                seconds, cpu_seconds = time.perf_counter() - begin, time.process_time() - cpu_begin
+                train_seconds += seconds
+                evaluated = ema.model if ema is not None else model
+                accuracy, val_loss = evaluate(evaluated, data_dev.eval_batches(512, stage.image_size), torch_device, work=hold.work)
+                hold.pause()  # logging and the checkpoint write happen with the device free
+                history.append({"epoch": epoch, "stage": stage.index, "image_size": stage.image_size,
+                                "train_loss": loss_sum / max(1, seen), "val_accuracy": accuracy, "val_loss": val_loss,
+                                "seconds": seconds, "cpu_seconds": cpu_seconds, "lr": scheduler.get_last_lr()[0]})
+                log(f"epoch {epoch}/{config.epochs}: train loss {loss_sum / max(1, seen):.4f}, val accuracy {accuracy:.4f} "
+                    f"({seconds:.1f} s)")
+                checkpoint.save(out, {
+                    "identity": json.dumps(identity), "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "ema": ema.model.state_dict() if ema is not None else {},
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
+                    "train_seconds": train_seconds,
+                })
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, stage, model)
+        final = ema.model if ema is not None else model
+        eval_size = config.eval_image_size or config.max_image_size
+        if config.batchnorm_batches and eval_size != plan[-1].image_size:
+            with hold.work():
+                _recalibrate(final, data_dev, config, eval_size, len(plan), torch_device)  # train/test size discrepancy
+        test_accuracy, test_loss = evaluate(final, data_dev.eval_batches(512, eval_size, split="test"), torch_device,
+                                            work=hold.work)
     summary = {
         "spec": spec.name, "data": data.name, "mode": "progressive" if config.progressive else "fixed", "epochs": config.epochs,
         "test_accuracy": test_accuracy, "test_loss": test_loss, "eval_image_size": eval_size, "train_seconds": train_seconds,

@@ -4,8 +4,8 @@ smoothing, precision, layout, compile) on a fixed batch, warm-up excluded, media
 
 CUDA events on a GPU; ``perf_counter`` on CPU (CPU kernels are synchronous). Trials that share a
 device coordinate through :class:`~nas.lock.DeviceLock`: training holds it shared (and drains its
-CUDA stream before yielding), timing holds it exclusive, so a neighbour's training cannot inflate a
-measurement (FINDINGS: 3.5x on 2 cores).
+CUDA stream before yielding), timing holds it exclusive for the timed steps only, so a neighbour's
+training cannot inflate a measurement (3.5x on 2 CPU cores without it).
 
     >>> from nas.zoo import get
     >>> t = measure_step_time(get("efficientnetv2-b0", 10), TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3))
@@ -15,7 +15,6 @@ measurement (FINDINGS: 3.5x on 2 cores).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from nas.errors import check_ints, check_number
-from nas.lock import DeviceLock, device_id, file_lock, lock_path
+from nas.lock import DeviceLock, device_id, file_lock, lock_path, trace_device_work
 from nas.spec import NetworkSpec
 from nas.step import TrainStep
 from nas.train import OptimizerConfig, TrainConfig, make_step
@@ -78,40 +77,54 @@ def timing_step(spec: NetworkSpec, train: OptimizerConfig, device: str | torch.d
     return make_step(spec, train, device)
 
 
-def measure_step_time(spec: NetworkSpec, config: TimingConfig = TimingConfig(), device: str | torch.device = "cpu",
+def measure_step_time(spec: NetworkSpec, config: TimingConfig = TimingConfig(), device: str | torch.device = "cpu", *,
                       lock: DeviceLock | None = None, train: OptimizerConfig = TrainConfig()) -> StepTime:
-    """Median time of the training step of ``build(spec)`` as ``train`` configures it (optimizer, groups, loss, compile)."""
+    """Median time of the training step of ``build(spec)`` as ``train`` configures it (optimizer, groups, loss, compile).
+
+    Warm-up (and a whole ``torch.compile`` compilation) runs under ``lock``'s *shared* hold, like any
+    trainer's work; only one re-warm step and the timed steps hold the device exclusively.
+    """
     device = torch.device(device)
     size = config.image_size or spec.train_image_size
     generator = torch.Generator().manual_seed(0)
-    step = timing_step(spec, train, device)
-    x = torch.randn(config.batch_size, 3, size, size, generator=generator).to(device)
-    y = torch.randint(0, spec.num_classes, (config.batch_size,), generator=generator).to(device)
-    cuda = device.type == "cuda"
-    # a compiled step compiles on its first call: never time that one
-    warmup = config.warmup + (1 if step.compiled and config.warmup == 0 else 0)
-    samples: list[float] = []
-    with lock.exclusive() if lock else contextlib.nullcontext():
-        for _ in range(warmup):
-            step(x, y)
-        if cuda:
-            torch.cuda.synchronize(device)
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(config.steps)]
+    lock = lock or DeviceLock("none", enabled=False)
+    with lock.trainer(device) as hold:
+        with hold.work():
+            step = timing_step(spec, train, device)
+            x = torch.randn(config.batch_size, 3, size, size, generator=generator).to(device)
+            y = torch.randint(0, spec.num_classes, (config.batch_size,), generator=generator).to(device)
+        # a compiled step compiles on its first call: never time that one
+        for _ in range(config.warmup + (1 if step.compiled and config.warmup == 0 else 0)):
+            with hold.work():
+                step(x, y)
+    with lock.exclusive():
+        samples = _timed_steps(step, x, y, config.steps, device)
+    median = statistics.median(samples)
+    q = statistics.quantiles(samples, n=4)
+    cv = statistics.pstdev(samples) / statistics.fmean(samples)
+    return StepTime(median, q[2] - q[0], cv, tuple(samples), config.batch_size, size, step.describe())
+
+
+def _timed_steps(step: TrainStep, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> list[float]:
+    """One re-warm step (caches after the neighbours' work), then ``steps`` timed steps in ms; drained before returning."""
+    step(x, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        with trace_device_work("timed"):
             for start, end in events:
                 start.record()
                 step(x, y)
                 end.record()
             torch.cuda.synchronize(device)  # drained before the exclusive hold ends
-            samples = [start.elapsed_time(end) for start, end in events]
-        else:
-            for _ in range(config.steps):
-                begin = time.perf_counter()
-                step(x, y)
-                samples.append((time.perf_counter() - begin) * 1000.0)
-    median = statistics.median(samples)
-    q = statistics.quantiles(samples, n=4)
-    cv = statistics.pstdev(samples) / statistics.fmean(samples)
-    return StepTime(median, q[2] - q[0], cv, tuple(samples), config.batch_size, size, step.describe())
+        return [start.elapsed_time(end) for start, end in events]
+    samples = []
+    with trace_device_work("timed"):
+        for _ in range(steps):
+            begin = time.perf_counter()
+            step(x, y)
+            samples.append((time.perf_counter() - begin) * 1000.0)
+    return samples
 
 
 class ReferenceCache:
@@ -147,13 +160,13 @@ class ReferenceCache:
         if key in self.memory:
             return self.memory[key]
         if self.path is None:
-            self.memory[key] = measure_step_time(backbone, config, device, lock, train).median_ms
+            self.memory[key] = measure_step_time(backbone, config, device, lock=lock, train=train).median_ms
             return self.memory[key]
         # concurrent trials wait for one measurement instead of each timing the backbone
         with file_lock(lock_path(f"reference-{hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]}")):
             stored = _read_json(self.path) if self.path.is_file() else {}
             if key not in stored:
-                stored[key] = measure_step_time(backbone, config, device, lock, train).median_ms
+                stored[key] = measure_step_time(backbone, config, device, lock=lock, train=train).median_ms
                 _write_json_atomic(self.path, stored)
             self.memory[key] = float(stored[key])
         return self.memory[key]

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 
 from nas.data import Dataset
 from nas.errors import InputError, check_ints, check_number
+from nas.lock import DeviceLock, TrainerHold, trace_device_work
 from nas.model import build
 from nas.pipeline import DeviceData
 from nas.spec import NetworkSpec
 from nas.step import StepStats, TrainStep, autocast, make_optimizer, to_device_layout
 
-__all__ = ["OPTIMIZERS", "EpochCallback", "NonFiniteLoss", "OptimizerConfig", "StepStats", "TrainConfig", "TrainResult", "TrainStep",
+__all__ = ["OPTIMIZERS", "EpochCallback", "NonFiniteLoss", "OptimizerConfig", "ProgressCallback", "StepStats", "TrainConfig", "TrainResult", "TrainStep",
            "autocast", "evaluate", "make_optimizer", "make_step", "pick_device", "seed_everything", "train_proxy", "warmup_cosine"]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -89,7 +90,6 @@ class TrainResult:
     stopped_early: bool = False
     failure: str | None = None
     seconds: float = 0.0
-    images_seen: int = 0
     step: dict = field(default_factory=dict)  # TrainStep.describe(): optimizer, groups, loss as trained
 
 
@@ -127,20 +127,32 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` over ``batches``; sums stay on the device, read once."""
+def evaluate(model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+             work: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` over ``batches``; sums stay on the device, read once.
+
+    Each batch (made and evaluated) is one ``work()`` unit: a trainer's device hold, which a waiting timer
+    can take between two batches.
+    """
     model.eval()
     correct = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     total = 0
-    for x, y in batches:
-        with autocast(device):
-            logits = model(to_device_layout(x, device))
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-        total += len(y)
+    batches = iter(batches)
+    while True:
+        with work(), trace_device_work("eval"):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            x, y = batch
+            with autocast(device):
+                logits = model(to_device_layout(x, device))
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            total += len(y)
+    with work(), trace_device_work("eval"):
+        correct_count, loss_total = torch.stack([correct, loss_sum]).tolist()
     model.train()
-    correct_count, loss_total = torch.stack([correct, loss_sum]).tolist()
     return correct_count / max(1, total), loss_total / max(1, total)
 
 
@@ -155,15 +167,45 @@ def make_step(spec: NetworkSpec, config: OptimizerConfig, device: str | torch.de
 
 
 EpochCallback = Callable[[int, dict[str, float]], bool | None]
+ProgressCallback = Callable[[dict[str, float]], None]
+AUTO = "auto"  # train_proxy's default lock: the device's own DeviceLock
 
 
-def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConfig = TrainConfig(),
+class Progress:
+    """Calls ``callback`` at most every ``interval`` seconds with the epoch, step and images/s so far this epoch.
+
+    No host sync: only counts and the host clock are read.
+    """
+
+    def __init__(self, callback: ProgressCallback | None, epochs: int, steps: int, interval: float = 5.0) -> None:
+        self.callback, self.epochs, self.steps, self.interval = callback, epochs, steps, interval
+        self.epoch_begin = self.last = time.perf_counter()
+
+    def start_epoch(self) -> None:
+        self.epoch_begin = self.last = time.perf_counter()
+
+    def due(self) -> bool:
+        return self.callback is not None and time.perf_counter() - self.last >= self.interval
+
+    def report(self, epoch: int, step: int, images: int) -> None:
+        now = time.perf_counter()
+        self.last, seconds = now, now - self.epoch_begin
+        assert self.callback is not None
+        self.callback({"epoch": epoch, "epochs": self.epochs, "step": step, "steps": self.steps,
+                       "images_per_second": images / max(seconds, 1e-9), "seconds": seconds})
+
+
+def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConfig = TrainConfig(), *,
                 on_epoch: EpochCallback | None = None, device: str | torch.device | None = None,
-                step_guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> TrainResult:
+                lock: DeviceLock | None | str = AUTO, on_progress: ProgressCallback | None = None,
+                progress_interval: float = 5.0) -> TrainResult:
     """Train ``build(spec)`` for ``config.epochs`` epochs; validate on the held-out split after each.
 
-    ``on_epoch(epoch, metrics)`` may return True to stop early (pruning). ``step_guard`` wraps every
-    optimizer step (a shared :class:`~nas.lock.DeviceLock`, so timing can pause this trial).
+    All device work (batches, steps, statistics, validation) runs under ``lock``'s shared hold
+    (default: the device's :class:`~nas.lock.DeviceLock`; ``None``: no lock), so a timer on the same
+    device waits at most one batch. ``on_epoch(epoch, metrics)`` runs with the hold released and may
+    return True to stop early (pruning); so does ``on_progress(info)``, at most every
+    ``progress_interval`` seconds (keys epoch, epochs, step, steps, images_per_second, seconds).
     A non-finite loss or a CUDA out-of-memory error ends the run with ``failure`` set.
     """
     if config.threads:
@@ -172,44 +214,63 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
         data = DeviceData(*data.split_validation(config.validation_fraction, seed=0), device=pick_device(device and str(device)))
     device = data.device
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
+    if not isinstance(lock, DeviceLock):  # AUTO: this device's lock; None: the same code path, locking nothing
+        lock = DeviceLock.for_device(device, enabled=lock is not None)
     result = TrainResult()
     begin = time.perf_counter()
-    step = None
     try:
-        step = make_step(spec, config, device)
-        result.step = step.describe()
-        steps_per_epoch = max(1, len(data.train_labels) // config.batch_size)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            step.optimizer, warmup_cosine(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)))
-        generator = torch.Generator().manual_seed(config.seed)
-        guard = step_guard or contextlib.nullcontext
-        for epoch in range(1, config.epochs + 1):
-            epoch_begin = time.perf_counter()
-            for x, y in data.train_batches(config.batch_size, config.image_size, generator):
-                with guard():
-                    step(x, y)
-                scheduler.step()
-            stats = step.drain_stats()  # the epoch's only host sync in training
-            if not stats.finite:
-                raise NonFiniteLoss(f"non-finite loss (mean {stats.mean_loss}) at epoch {epoch}")
-            train_seconds = time.perf_counter() - epoch_begin
-            accuracy, val_loss = evaluate(step.model, data.eval_batches(config.eval_batch_size, config.image_size), device)
-            metrics = {"epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss, "train_loss": stats.mean_loss,
-                       "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - epoch_begin,
-                       "train_seconds": train_seconds, "images": stats.samples}
-            result.curve.append(metrics)
-            result.accuracy, result.val_loss, result.epochs_run = accuracy, val_loss, epoch
-            result.images_seen += stats.samples
-            if on_epoch is not None and on_epoch(epoch, metrics) and epoch < config.epochs:
-                result.stopped_early = True
-                break
+        with lock.trainer(device) as hold:
+            _train_epochs(spec, data, config, result, hold=hold, on_epoch=on_epoch,
+                          progress=Progress(on_progress, config.epochs, max(1, len(data.train_labels) // config.batch_size),
+                                            progress_interval))
     except NonFiniteLoss as error:
         result.failure = str(error)
     except torch.cuda.OutOfMemoryError as error:
         result.failure = f"CUDA out of memory: {str(error).splitlines()[0]}"
     finally:
         result.seconds = time.perf_counter() - begin
-        del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def _train_epochs(spec: NetworkSpec, data: DeviceData, config: TrainConfig, result: TrainResult, *, hold: TrainerHold,
+                  on_epoch: EpochCallback | None, progress: Progress) -> None:
+    """The epoch loop of :func:`train_proxy`; fills ``result`` as epochs finish."""
+    device = data.device
+    with hold.work():
+        step = make_step(spec, config, device)  # the model's weights go to the device under the hold too
+    result.step = step.describe()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        step.optimizer, warmup_cosine(config.epochs * progress.steps, int(config.warmup_epochs * progress.steps)))
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        progress.start_epoch()
+        batches, count, images = data.train_batches(config.batch_size, config.image_size, generator), 0, 0
+        while True:
+            with hold.work(), trace_device_work("train"):
+                batch = next(batches, None)  # made (sliced, cropped, flipped) on the device: device work
+                if batch is None:
+                    break
+                step(*batch)
+                scheduler.step()
+            count, images = count + 1, images + len(batch[1])
+            if progress.due():
+                hold.pause()
+                progress.report(epoch, count, images)
+        with hold.work(), trace_device_work("train"):
+            stats = step.drain_stats()  # the epoch's only host sync in training
+        if not stats.finite:
+            raise NonFiniteLoss(f"non-finite loss (mean {stats.mean_loss}) at epoch {epoch}")
+        train_seconds = time.perf_counter() - progress.epoch_begin
+        accuracy, val_loss = evaluate(step.model, data.eval_batches(config.eval_batch_size, config.image_size), device,
+                                      work=hold.work)
+        metrics = {"epoch": epoch, "val_accuracy": accuracy, "val_loss": val_loss, "train_loss": stats.mean_loss,
+                   "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - progress.epoch_begin,
+                   "train_seconds": train_seconds, "images": stats.samples}
+        result.curve.append(metrics)
+        result.accuracy, result.val_loss, result.epochs_run = accuracy, val_loss, epoch
+        hold.pause()  # the pruning decision may wait on the driver: never with the device held
+        if on_epoch is not None and on_epoch(epoch, metrics) and epoch < config.epochs:
+            result.stopped_early = True
+            break

@@ -427,14 +427,22 @@ def _memory_warning(need: int, device: str | None, config: Any) -> None:
               "consider a smaller --max-image-size or --batch-size", file=sys.stderr, flush=True)
 
 
+def _print_progress(info: dict[str, Any]) -> None:
+    """``nas train``'s in-epoch line on stderr (the hook calls it at most every few seconds)."""
+    print(f"  epoch {info['epoch']}/{info['epochs']}, step {info['step']}/{info['steps']}, "
+          f"{info['images_per_second']:.0f} img/s, {info['seconds']:.0f} s", file=sys.stderr, flush=True)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nas.data import load_dataset
     from nas.io import check_output_dir, load_spec, safe_name
+    from nas.lock import DeviceLock
     from nas.plots import plot_curves
     from nas.progressive import train_progressive
     from nas.schedule import schedule
+    from nas.train import pick_device
     from runners.preflight import activation_elements, check_device, check_memory
 
     check_device(args.device)
@@ -448,7 +456,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(printable(f"training {spec.name} on {data.name} ({data.num_classes} classes): {config.epochs} epochs, "
                     f"{config.stages if config.progressive else 1} stage(s), {config.min_image_size}->{config.max_image_size} px, "
                     f"batch {config.batch_size}; output in {out}"), file=sys.stderr, flush=True)
-    summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                                lock=DeviceLock.for_device(pick_device(args.device)),  # a sweep's timer on this device stays honest
+                                on_progress=_print_progress)
     plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")
     summary["out"] = out
     text = (f"{summary['mode']} training of {spec.name} on {summary['data']}: test accuracy {summary['test_accuracy']:.4f} "

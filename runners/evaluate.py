@@ -12,7 +12,6 @@ from, so a finished sweep can be re-scored without training.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import platform
 import resource
@@ -28,7 +27,7 @@ from nas.model import count_macs, count_spec_params
 from nas.pipeline import DeviceData
 from nas.spec import NetworkSpec
 from nas.timing import ReferenceCache, TimingConfig, device_name, measure_step_time
-from nas.train import EpochCallback, TrainConfig, pick_device, train_proxy
+from nas.train import EpochCallback, ProgressCallback, TrainConfig, pick_device, train_proxy
 
 _DATA_CACHE: dict[tuple[str, str, float], tuple[DeviceData, int]] = {}
 
@@ -62,11 +61,14 @@ def evaluate_candidate(
     on_epoch: EpochCallback | None = None,
     reference_cache: ReferenceCache | None = None,
     lock: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` briefly, time its training step, count it; return the full record.
 
     ``backbone`` (default: ``spec`` itself) is the reference for the normalized step time S and
     normalized params P. Failures (non-finite loss, CUDA OOM) come back as ``status: "failed"``.
+    ``on_progress`` gets :func:`nas.train.train_proxy`'s in-epoch progress (epoch, step, images/s).
+    ``lock=False`` trains and times without the device lock (only to measure what the lock prevents).
     """
     begin = time.perf_counter()
     torch_device = pick_device(device)
@@ -77,10 +79,9 @@ def evaluate_candidate(
     dev_data, num_classes, data_name = device_data(data, train_config, torch_device)
     spec = spec.with_classes(num_classes)
     backbone = (backbone or spec).with_classes(num_classes)
-    # one lock per physical device (GPU UUID, or the host's CPU), per user
-    device_lock = DeviceLock.for_device(torch_device) if lock else None
-    with device_lock.trainer(torch_device) if device_lock else contextlib.nullcontext() as guard:
-        result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, step_guard=guard)
+    # one lock per physical device (GPU UUID, or the host's CPU), shared by every user of the host
+    device_lock = DeviceLock.for_device(torch_device, enabled=lock)
+    result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, lock=device_lock, on_progress=on_progress)
     record: dict[str, Any] = {
         "status": "failed" if result.failure else ("pruned" if result.stopped_early else "ok"),
         "failure_reason": result.failure,
@@ -99,7 +100,7 @@ def evaluate_candidate(
     if result.failure is None:
         try:
             # the trial's own step (optimizer, groups, loss, compile) for the candidate and the reference alike
-            step = measure_step_time(spec, timing_config, torch_device, device_lock, train_config)
+            step = measure_step_time(spec, timing_config, torch_device, lock=device_lock, train=train_config)
             reference = (reference_cache or ReferenceCache()).get(backbone, timing_config, torch_device, device_lock, train_config)
             record.update(step_time_ms=step.median_ms, step_time_iqr_ms=step.iqr_ms, step_time_cv=step.cv, timed_step=step.step,
                           step_time_samples_ms=list(step.samples_ms), reference_step_time_ms=reference,

@@ -89,6 +89,15 @@ def _ask_driver(board: Any, number: int, epochs: int, prune: bool):
     return on_epoch
 
 
+def _post_progress(board: Any, number: int):
+    """An in-epoch progress callback (``train_proxy``'s ``on_progress``) that posts to the driver without waiting."""
+
+    def on_progress(info: dict) -> None:
+        board.post.remote(number, dict(info))
+
+    return on_progress
+
+
 def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timing: TimingConfig, backbone: NetworkSpec,
                    use_gpu: bool, run_dir: str, board: tuple[Any, int] | None = None, prune: bool = False) -> dict[str, Any]:
     """Runs inside a Ray worker: evaluate one candidate; never raises (failures become records).
@@ -104,12 +113,13 @@ def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timi
 
     torch.set_num_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
     on_epoch = _ask_driver(*board, train.epochs, prune) if board is not None else None
+    on_progress = _post_progress(*board) if board is not None else None
     node = ray.get_runtime_context().get_node_id()
     try:
         record = evaluate_candidate(
             spec, dataset, train, timing, backbone=backbone,
             device="cuda" if use_gpu and torch.cuda.is_available() else "cpu", on_epoch=on_epoch,
-            reference_cache=ReferenceCache(os.path.join(run_dir, "reference_times.json")),
+            reference_cache=ReferenceCache(os.path.join(run_dir, "reference_times.json")), on_progress=on_progress,
         )
     except Exception as error:  # the sweep goes on; the trial is stored FAIL with this reason
         record = {"status": "failed", "failure_reason": f"{type(error).__name__}: {error}",

@@ -1,28 +1,19 @@
 """Real proxy training on the bundled digits (CPU)."""
 
-import contextlib
 import json
-import os
-import socket
-import stat
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from nas.data import load_dataset
-from nas.lock import DeviceLock, cuda_device_key, device_id, lock_dir
 from nas.model import count_spec_params
 from nas.step import TrainStep
-from nas.timing import ReferenceCache, TimingConfig, measure_step_time, timing_step
+from nas.timing import ReferenceCache, TimingConfig, timing_step
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
 from runners.evaluate import evaluate_candidate
-from tests.conftest import ROOT, run_nas
+from tests.conftest import run_nas
 
 TINY_TIMING = TimingConfig(batch_size=8, image_size=32, warmup=1, steps=3)
 
@@ -50,21 +41,20 @@ def test_callback_can_stop_early():
 
 
 def test_non_finite_loss_is_a_failure():
-    # fault injection through the public step hook: poison the running optimizer's parameters
+    # fault injection through the public progress hook: poison the running model's parameters
     import gc
 
     calls = {"n": 0}
 
-    @contextlib.contextmanager
-    def poison():
+    def poison(progress):  # called after every step with progress_interval=0
         calls["n"] += 1
         if calls["n"] == 3:
             for obj in gc.get_objects():
                 if isinstance(obj, torch.nn.Linear) and obj.out_features == 10:
                     obj.weight.data.fill_(float("nan"))
-        yield
 
-    result = train_proxy(get("efficientnetv2-b0", 10), load_dataset("digits"), TrainConfig(epochs=2, image_size=16), step_guard=poison)
+    result = train_proxy(get("efficientnetv2-b0", 10), load_dataset("digits"), TrainConfig(epochs=2, image_size=16),
+                         on_progress=poison, progress_interval=0)
     assert result.failure is not None and "non-finite loss" in result.failure and result.epochs_run == 0
     assert calls["n"] > 3  # read at the epoch's end, not at the poisoned step
 
@@ -89,82 +79,6 @@ def test_record_fields_and_normalization_against_another_backbone(tmp_path):
     assert record["params"] == count_spec_params(candidate) and record["reference_params"] == count_spec_params(backbone)
     assert record["normalized_params"] == count_spec_params(candidate) / count_spec_params(backbone) != 1.0
     assert record["timed_step"] == record["trained_step"] and record["timed_step"]["optimizer"] == "AdamW"
-
-
-def test_step_time_median():
-    t = measure_step_time(get("efficientnetv2-b0", 10), TINY_TIMING, "cpu", DeviceLock("test-cpu"))
-    assert len(t.samples_ms) == 3 and min(t.samples_ms) <= t.median_ms <= max(t.samples_ms)
-    assert t.images_per_second > 0
-
-
-TRAINER = """
-import os, sys, time
-from nas.lock import DeviceLock
-lock, log, stop = DeviceLock("test-device", sys.argv[1]), sys.argv[2], sys.argv[3]
-def note(text):
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, (text + "\\n").encode())  # one small O_APPEND write: lines of two processes never interleave
-    os.close(fd)
-step = 0
-while not os.path.exists(stop):
-    note(f"request {step}")
-    with lock.shared():
-        note(f"start {step}")
-        time.sleep(0.01)
-        note(f"end {step}")
-    step += 1
-"""
-
-
-def _wait_for(log, condition, what):
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        lines = log.read_text().splitlines() if log.exists() else []
-        if condition(lines):
-            return lines
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}: {lines[-5:]}")
-
-
-def test_timer_excludes_trainer_steps_in_another_process(tmp_path):
-    """A trainer process takes the lock shared per step; this process (the timer) takes it exclusive meanwhile.
-
-    Ordering, not speed: while the timer holds the lock, the trainer logs a request and no step runs; that step
-    starts only after the timer's release. The timer got the lock at all while steps kept coming (writer preference).
-    """
-    log, stop = tmp_path / "events.log", tmp_path / "stop"
-    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(tmp_path / "locks"), str(log), str(stop)], cwd=ROOT)
-    try:
-        _wait_for(log, lambda lines: sum(line.startswith("end") for line in lines) >= 3, "the trainer's first steps")
-        with DeviceLock("test-device", tmp_path / "locks").exclusive():
-            _note(log, "timer holds")
-            _wait_for(log, lambda lines: _pending(lines) is not None, "a trainer step waiting on the lock")
-            time.sleep(0.5)  # room for a broken lock to let that step start
-            _note(log, "timer releases")
-        _wait_for(log, lambda lines: any(line.startswith("start") for line in lines[lines.index("timer releases"):]),
-                  "a step after the release")
-    finally:
-        stop.touch()
-        trainer.wait(timeout=120)
-    lines = log.read_text().splitlines()
-    hold, release = lines.index("timer holds"), lines.index("timer releases")
-    assert not [line for line in lines[hold:release] if line.startswith(("start", "end"))]  # no step ran while held
-    waiting = _pending(lines[:release])  # requested, not started, when the timer let go
-    assert waiting is not None
-    assert next(line for line in lines[release:] if line.startswith("start")) == f"start {waiting}"
-    assert sum(line.startswith("end") for line in lines[:hold]) >= 3  # steps ran before the timer came
-
-
-def _pending(lines):
-    """The step the trainer last requested if it has not started yet, else None."""
-    requests = [line.split()[1] for line in lines if line.startswith("request")]
-    return int(requests[-1]) if requests and f"start {requests[-1]}" not in lines else None
-
-
-def _note(log, text):
-    with open(log, "a") as handle:
-        handle.write(text + "\n")
-    return log.read_text().splitlines()
 
 
 def test_evaluate_cli_json():
@@ -209,52 +123,3 @@ def test_train_step_mixup_targets_and_stats():
     stats = step.drain_stats()
     assert stats.finite and stats.samples == 4 and stats.steps == 1 and stats.mean_loss == pytest.approx(float(expected))
     assert step.drain_stats().samples == 0  # reset after reading
-
-
-# ---- the device lock: per physical device, per user, trainers yield to a waiting timer ---------
-def test_lock_files_per_device_uuid_and_per_user_directory(tmp_path, monkeypatch):
-    monkeypatch.delenv("NAS_LOCK_DIR", raising=False)
-    default = lock_dir()
-    assert default.name == f"nas-locks-{os.getuid()}" and stat.S_IMODE(default.stat().st_mode) == 0o700
-    a, b = cuda_device_key("GPU-aaaa", 0, "NVIDIA H100"), cuda_device_key("GPU-bbbb", 0, "NVIDIA H100")
-    assert a != b and DeviceLock(a).data != DeviceLock(b).data  # 8 identical GPUs: 8 locks
-    assert DeviceLock(a).data == DeviceLock(cuda_device_key("GPU-aaaa", 3, "NVIDIA H100")).data  # same GPU, renumbered
-    assert DeviceLock.for_device("cpu").key == device_id("cpu") == f"{socket.gethostname()}-cpu"
-    torch.set_num_threads(1)
-    assert device_id("cpu") == f"{socket.gethostname()}-cpu"  # host-wide for the CPU, whatever the threads
-    monkeypatch.setenv("NAS_LOCK_DIR", str(tmp_path / "mine"))
-    assert DeviceLock(a).data.parent == tmp_path / "mine" != default
-    assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o700
-    if os.getuid() == 0:  # another user's directory is refused
-        other = tmp_path / "theirs"
-        other.mkdir()
-        os.chown(other, 12345, 12345)
-        monkeypatch.setenv("NAS_LOCK_DIR", str(other))
-        with pytest.raises(PermissionError, match="another user"):
-            lock_dir()
-
-
-def test_trainer_drains_and_yields_to_a_waiting_timer(tmp_path):
-    lock = DeviceLock("test-device", tmp_path)
-    events: list[str] = []
-    timer_done = threading.Event()
-
-    def timer():
-        with lock.exclusive():
-            events.append("timer")
-        timer_done.set()
-
-    with lock.trainer("cpu", drain=lambda: events.append("drain")) as guard:
-        with guard():
-            events.append("step")
-        thread = threading.Thread(target=timer)
-        thread.start()
-        time.sleep(0.5)  # the timer now waits at the turnstile: the trainer still holds its share
-        assert "timer" not in events
-        for _ in range(3):
-            with guard():
-                events.append("step")
-        thread.join(timeout=30)
-    assert timer_done.is_set()
-    # the second step's end saw the waiting timer: drain, release; the next step waited for the timer
-    assert events[:4] == ["step", "step", "drain", "timer"] and events[4:] == ["step", "step", "drain"]
