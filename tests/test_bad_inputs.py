@@ -254,9 +254,9 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("train-threads-0", ["train", "efficientnetv2-b0", "--data", "digits", "--threads", "0"], ("--threads",)),
     ("train-progressive-flag-gone", ["train", "efficientnetv2-b0", "--data", "digits", "--progressive"], ("--progressive",)),
     ("train-data", ["train", "efficientnetv2-b0", "--data", "digits", "--data", "{w}/nope"], ("data",)),
-    ("train-spec-utf8", ["train", "{w}/bad_utf8.json"], ("spec", "UTF-8")),
-    ("train-spec-unknown", ["train", "nope"], ("spec",)),
-    ("train-spec-list", ["train", "{w}/list.json"], ("spec",)),
+    ("train-spec-utf8", ["train", "{w}/bad_utf8.json", "--data", "digits"], ("spec", "UTF-8")),
+    ("train-spec-unknown", ["train", "nope", "--data", "digits"], ("spec",)),
+    ("train-spec-list", ["train", "{w}/list.json", "--data", "digits"], ("spec",)),
     # ---- the command itself --------------------------------------------------------------------
     ("no-command", [], ("command",)),
     ("unknown-command", ["fly"], ("fly",)),
