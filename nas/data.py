@@ -88,7 +88,33 @@ def load_dataset(name_or_path: str, seed: int = 0) -> Dataset:
         return _idx_dir(path)
     if _find(path, "data_batch_1") or _find(path, "train"):  # CIFAR-10 / CIFAR-100 batch files (a train/ folder is not one)
         return _cifar(path)
-    return _image_folder(path, seed)
+    try:
+        return _image_folder(path, seed)
+    except DataError as error:
+        inner = _data_inside(path)
+        if inner is None:
+            raise
+        raise DataError(f"{error}; the data seems to be in {inner}: use --data {inner}") from None
+
+
+DATA_MARKERS = ("data_batch_1", "train-images-idx3-ubyte", "train")  # CIFAR-10, IDX, CIFAR-100 files
+
+
+def _data_inside(root: Path, depth: int = 2) -> Path | None:
+    """A folder below ``root`` (up to ``depth`` levels) that holds CIFAR or IDX files, or an ``.npz`` file there; None if none.
+
+    ``--data .../cifar10`` then suggests the ``cifar-10-batches-py`` folder inside it.
+    """
+    folders = [root]
+    for _ in range(depth):
+        folders = sorted(p for folder in folders for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for folder in folders:
+            if any(_find(folder, marker) for marker in DATA_MARKERS):
+                return folder
+            npz = sorted(folder.glob("*.npz"))
+            if npz:
+                return npz[0]
+    return None
 
 
 def _find(root: Path, stem: str) -> Path | None:

@@ -217,6 +217,8 @@ class NetworkSpec:
         """
         if not isinstance(data, dict):
             raise SpecError(f"spec: expected a JSON object, got {type(data).__name__}")
+        if isinstance(data.get("spec"), dict) and "provenance" in data:
+            data = data["spec"]  # an `nas export` file (arch.json): the spec beside its provenance
         data = dict(data)
         version = data.pop("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:

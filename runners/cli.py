@@ -76,6 +76,10 @@ def _fixed_width(rows: list[tuple[str, ...]]) -> str:
 
 
 STORAGE_HELP = "the run's storage URL with its password, for a study in PostgreSQL (default $NAS_STORAGE)"
+RUN_DIR_HELP = "the run directory of a sweep (RUNS_DIR/NAME, as `nas search` printed it)"
+JSON_HELP = "print one JSON document on stdout (logs stay on stderr)"
+TRAIN_HELP = {"image-size": "image size in px", "randaugment": "RandAugment magnitude (0 = off)", "mixup": "mixup alpha (0 = off)",
+              "dropout": "dropout rate"}
 
 
 # ---- inspect / scale ---------------------------------------------------------------------
@@ -93,16 +97,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from nas.model import count_macs, count_spec_params
 
     spec = load_spec(args.spec, args.num_classes)
-    size = args.image_size or spec.eval_image_size
+    searched = _searched_sizes(args.spec)
+    size = args.image_size or (searched["trained_image_size"] if searched else spec.eval_image_size)
     params, macs = count_spec_params(spec), count_macs(spec, size)  # from the spec: nothing is allocated
-    data = {"name": spec.name, "params": params, "macs": macs, "image_size": size, "key": spec.key(), "spec": spec.to_dict()}
+    data = {"name": spec.name, "params": params, "macs": macs, "image_size": size, "key": spec.key(), "spec": spec.to_dict(),
+            "searched": searched}
+    sizes = (f"searched and trained at {searched['trained_image_size']} px ({searched['epochs']} proxy epochs on "
+             f"{searched['data']}), step time at {searched['timed_image_size']} px; spec's own train/eval image "
+             f"{spec.train_image_size}/{spec.eval_image_size}" if searched else
+             f"train/eval image {spec.train_image_size}/{spec.eval_image_size}")
     text = (
-        f"{spec.name}: stem {spec.stem_channels}, head {spec.head_channels}, {spec.num_classes} classes, "
-        f"train/eval image {spec.train_image_size}/{spec.eval_image_size}\n{stage_table(spec)}\n"
-        f"params {params:,}   MACs @{size}: {macs / 1e9:.3f} B"
+        f"{spec.name}: stem {spec.stem_channels}, head {spec.head_channels}, {spec.num_classes} classes, {sizes}\n"
+        f"{stage_table(spec)}\nparams {params:,}   MACs @{size}: {macs / 1e9:.3f} B"
     )
     _emit(args, data, text)
     return 0
+
+
+def _searched_sizes(path: str) -> dict[str, Any] | None:
+    """For an ``nas export`` file: the image sizes its trial was trained and timed at in the sweep; None for other specs."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+        provenance = document["provenance"]
+        train, timing = provenance.get("train_config") or {}, provenance.get("timing_config") or {}
+        return {"trained_image_size": int(train["image_size"]), "epochs": train.get("epochs"),
+                "timed_image_size": timing.get("image_size"), "data": provenance.get("data"), "trial": provenance.get("trial"),
+                "study": provenance.get("study")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -216,7 +239,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     text = (f"sweep {summary['study']} in {summary['run_dir']}: {summary['complete']} complete, {summary['pruned']} pruned, "
             f"{summary['failed']} failed, {summary['wall_seconds']:.0f} s")
     if summary.get("best_reward") is not None:
-        text += f"\nbest trial {summary['best_trial']}: reward {summary['best_reward']:.4f}\n  {summary['best_spec_key']}"
+        from runners.yardstick import verdict
+
+        text += (f"\nbest {verdict(summary['best_trial'], summary['best_metrics'], summary['against_backbone'])}"
+                 f"\n  {summary['best_spec_key']}")
+    elif summary["complete"]:
+        text += "\nno trial has a reward"
     text += (f"\nnext: nas export {summary['run_dir']} -o arch.json   |   nas report {summary['run_dir']}   |   "
              f"nas dashboard {summary['run_dir']}")
     _emit(args, summary, text)
@@ -256,13 +284,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     from runners.results import export
     from runners.study import open_run
 
+    output = _export_target(args)
     if args.trial == "pareto":
-        check_output_dir(args.output, "-o")
+        check_output_dir(output, "--out-dir" if args.out_dir else "-o")
     else:
-        check_output_file(args.output, "-o", args.force)
-    paths = export(open_run(args.run_dir, storage_option(args.storage)), args.trial, args.output, force=args.force)
-    _emit(args, {"written": [str(p) for p in paths]}, "\n".join(f"wrote {p}" for p in paths))
+        check_output_file(output, "-o", args.force)
+    from runners.results import pick_trials
+    from runners.yardstick import against_backbone, verdict
+
+    run = open_run(args.run_dir, storage_option(args.storage))
+    paths = export(run, args.trial, output, force=args.force)
+    trials = pick_trials(run, args.trial)
+    comparisons = [against_backbone(run.study, t) for t in trials]
+    for trial, against in zip(trials, comparisons):  # the answer to "did the search find anything?", up front
+        print(printable(verdict(trial.number, trial.user_attrs, against)), file=sys.stderr)
+    beats = [bool(c and c["beats_reward"]) for c in comparisons]
+    data = {"written": [str(p) for p in paths], "trials": [t.number for t in trials], "against_backbone": comparisons,
+            "beats_backbone": beats}
+    _emit(args, data, "\n".join(f"wrote {p}" for p in paths))
     return 0
+
+
+def _export_target(args: argparse.Namespace) -> str:
+    """Where ``nas export`` writes: a file (-o), or with ``--trial pareto`` a directory named explicitly (-o DIR/ or --out-dir)."""
+    if args.trial != "pareto":
+        if args.out_dir:
+            raise InputError("--out-dir: only with --trial pareto, allowed -o FILE.json for one trial")
+        if not args.output:
+            raise InputError("-o: missing, allowed -o arch.json")
+        return args.output
+    if args.out_dir and args.output:
+        raise InputError("-o/--out-dir: give one, allowed --out-dir DIR or -o DIR/")
+    if args.out_dir:
+        return args.out_dir
+    if not args.output:
+        raise InputError("--out-dir: missing, --trial pareto writes one file per trial: allowed --out-dir DIR or -o DIR/")
+    if not args.output.endswith(("/", os.sep)) and not os.path.isdir(args.output):
+        raise InputError(f"-o: {args.output!r} is not a directory; --trial pareto writes one trial-N.json per Pareto trial into a "
+                         f"directory named explicitly, allowed -o {args.output}/ or --out-dir {args.output}")
+    return args.output
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -339,20 +399,10 @@ def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def train_config(args: argparse.Namespace) -> Any:
+    """The ``ProgressiveConfig`` of ``nas train``'s flags: ``--member``'s values or the defaults, flags given on top."""
+    from nas.schedule import ProgressiveConfig, explicit_config
 
-    from nas.data import load_dataset
-    from nas.io import check_output_dir, load_spec, safe_name
-    from nas.lock import DeviceLock
-    from nas.plots import plot_curves
-    from nas.progressive import train_progressive
-    from nas.schedule import ProgressiveConfig, explicit_config, schedule
-    from nas.train import pick_device
-    from runners.preflight import activation_elements, check_device, check_memory
-
-    check_device(args.device)
-    spec = load_spec(args.spec)
     explicit = {
         "epochs": args.epochs, "stages": args.stages, "min_image_size": args.min_image_size, "max_image_size": args.max_image_size,
         "eval_image_size": args.eval_image_size, "min_randaugment": args.min_randaugment, "max_randaugment": args.max_randaugment,
@@ -361,13 +411,54 @@ def cmd_train(args: argparse.Namespace) -> int:
         "progressive": False if args.fixed else None,
     }
     base = ProgressiveConfig.for_member(args.member) if args.member else ProgressiveConfig()
-    config = explicit_config(base, **explicit)
+    if args.stages is None and args.epochs is not None:  # the default number of stages fits the epochs given
+        explicit["stages"] = min(base.stages, args.epochs)
+    return explicit_config(base, **explicit)
+
+
+def _memory_warning(need: int, device: str | None, config: Any) -> None:
+    """A warning before training whose activations alone (a lower bound) take over a quarter of the free memory."""
+    from runners.preflight import available_memory
+
+    available = available_memory(device)
+    if available is not None and need > available[0] / 4:
+        print(f"nas train: warning: a step at {config.max_image_size} px, batch {config.batch_size} keeps at least {need / 2**30:.1f} GiB "
+              f"of activations (real use is several times that); {available[0] / 2**30:.1f} GiB is free on {available[1]}: "
+              "consider a smaller --max-image-size or --batch-size", file=sys.stderr, flush=True)
+
+
+def _print_progress(info: dict[str, Any]) -> None:
+    """``nas train``'s in-epoch line on stderr (the hook calls it at most every few seconds)."""
+    print(f"  epoch {info['epoch']}/{info['epochs']}, step {info['step']}/{info['steps']}, "
+          f"{info['images_per_second']:.0f} img/s, {info['seconds']:.0f} s", file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nas.data import load_dataset
+    from nas.io import check_output_dir, load_spec, safe_name
+    from nas.lock import DeviceLock
+    from nas.plots import plot_curves
+    from nas.progressive import train_progressive
+    from nas.schedule import schedule
+    from nas.train import pick_device
+    from runners.preflight import activation_elements, check_device, check_memory
+
+    check_device(args.device)
+    spec = load_spec(args.spec)
+    config = train_config(args)
     check_memory(activation_elements(spec, config.max_image_size), config.batch_size, args.device,
                  "--max-image-size/--batch-size")
+    _memory_warning(activation_elements(spec, config.max_image_size) * config.batch_size * 4, args.device, config)
     out = str(check_output_dir(args.out or f"runs/train-{safe_name(spec.name)}", "--out"))
     data = load_dataset(args.data)
+    print(printable(f"training {spec.name} on {data.name} ({data.num_classes} classes): {config.epochs} epochs, "
+                    f"{config.stages if config.progressive else 1} stage(s), {config.min_image_size}->{config.max_image_size} px, "
+                    f"batch {config.batch_size}; output in {out}"), file=sys.stderr, flush=True)
     summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
-                                lock=DeviceLock.for_device(pick_device(args.device)))  # a sweep's timer on this device stays honest
+                                lock=DeviceLock.for_device(pick_device(args.device)),  # a sweep's timer on this device stays honest
+                                on_progress=_print_progress)
     plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")
     summary["out"] = out
     text = (f"{summary['mode']} training of {spec.name} on {summary['data']}: test accuracy {summary['test_accuracy']:.4f} "
@@ -378,6 +469,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The ``nas`` argument parser; help texts show the real defaults (read from the config dataclasses)."""
+    from nas.schedule import ProgressiveConfig
+    from nas.timing import TimingConfig
+    from nas.train import TrainConfig
+    from runners.config import DEFAULT_TIMING, DEFAULT_TRAIN
+
+    global PROG, TRAIN, TIMING, SWEEP_TRAIN, SWEEP_TIMING, CONSTRAINED
+    PROG, TRAIN, TIMING, SWEEP_TRAIN, SWEEP_TIMING = ProgressiveConfig(), TrainConfig(), TimingConfig(), DEFAULT_TRAIN, DEFAULT_TIMING
+    CONSTRAINED = {"target": 1.0, "alpha": 0.0, "beta": -1.0}  # rewards.constrained's keyword defaults
     parser = _Parser(prog="nas", description="Training-aware neural architecture search (EfficientNetV2-style).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -390,35 +490,35 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scale", help="compound-scale a spec, or write an S/M/L family")
     p.add_argument("spec", help="registry name or path to a spec JSON")
-    p.add_argument("--width", type=_finite_float)
-    p.add_argument("--depth", type=_finite_float)
+    p.add_argument("--width", type=_finite_float, help="width (channel) multiplier, e.g. 1.1 (no default; needed without --family)")
+    p.add_argument("--depth", type=_finite_float, help="depth (layer) multiplier, e.g. 1.2 (no default; needed without --family)")
     p.add_argument("--family", action="store_true", help="write the S/M/L family (rule in nas.scaling)")
     p.add_argument("--members", default="s,m,l", help="family members to write (default s,m,l)")
-    p.add_argument("-o", "--output", help="OUT.json (or OUT_DIR with --family)")
+    p.add_argument("-o", "--output", help="OUT.json (or OUT_DIR with --family); required")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("space", help="print the search space, its size and parameter range")
     p.add_argument("--backbone", help="registry name or spec JSON (default efficientnetv2-b0)")
-    p.add_argument("--config", help="space config (YAML, TOML or JSON)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--config", help="space config (YAML, TOML or JSON; default: the full default space)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_space)
 
     p = sub.add_parser("evaluate", help="proxy-train one spec, time its training step, count it")
     p.add_argument("spec", help="registry name or spec JSON")
     p.add_argument("--data", default="digits", help="digits (built in) or a path: IDX dir, CIFAR dir, image folder, .npz")
-    p.add_argument("--epochs", type=_positive_int, help="proxy training epochs (default: TrainConfig's)")
-    p.add_argument("--image-size", type=_positive_int, help="proxy training image size (default: TrainConfig's)")
-    p.add_argument("--batch-size", type=_positive_int, help="default: TrainConfig's")
-    p.add_argument("--seed", type=_integer, help="default: TrainConfig's")
+    p.add_argument("--epochs", type=_positive_int, help=f"proxy training epochs (default {TRAIN.epochs})")
+    p.add_argument("--image-size", type=_positive_int, help=f"proxy training image size in px (default {TRAIN.image_size})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"proxy training batch size (default {TRAIN.batch_size})")
+    p.add_argument("--seed", type=_integer, help=f"training seed (default {TRAIN.seed})")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--backbone", help="reference spec for S and P (default: the spec itself)")
-    p.add_argument("--timing-batch-size", type=_positive_int, help="default: TimingConfig's")
-    p.add_argument("--timing-image-size", type=_positive_int, help="default: the reference's training image size")
-    p.add_argument("--timing-steps", type=_positive_int, help="default: TimingConfig's")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--timing-batch-size", type=_positive_int, help=f"batch size of the timed step (default {TIMING.batch_size})")
+    p.add_argument("--timing-image-size", type=_positive_int, help="image size of the timed step (default: the reference's training image size)")
+    p.add_argument("--timing-steps", type=_positive_int, help=f"timed steps, median taken (default {TIMING.steps})")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("search", help="run (or resume) a search sweep on Ray with an Optuna study")
@@ -430,98 +530,103 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="search-space config file (see `nas space`)")
     p.add_argument("--trials", type=_positive_int, help="number of finished trials to reach (default 8)")
     p.add_argument("--concurrent", type=_positive_int, help="max concurrent trials (default: from the machine, see README Layout)")
-    p.add_argument("--cpus-per-trial", type=_finite_float)
-    p.add_argument("--gpus-per-trial", type=_finite_float, help="fractions share a GPU")
-    p.add_argument("--sampler", help="tpe (default), random, qmc, nsga2")
-    p.add_argument("--seed", type=_integer)
+    p.add_argument("--cpus-per-trial", type=_finite_float, help="CPUs (and torch threads) per trial (default: from the machine, see README Layout)")
+    p.add_argument("--gpus-per-trial", type=_finite_float, help="GPUs per trial; fractions share a GPU (default 0)")
+    p.add_argument("--sampler", help="tpe (default, multivariate), random, qmc, nsga2, rl (REINFORCE), evolution (regularized)")
+    p.add_argument("--seed", type=_integer, help="sampler and training seed (default 0)")
     p.add_argument("--objective", help="reward (default) or multi (maximize A, minimize S and P)")
     p.add_argument("--reward", help="paper (default), constrained, accuracy")
     p.add_argument("--w", type=_finite_float, help=f"step-time exponent of the paper reward (default {DEFAULT_W})")
     p.add_argument("--v", type=_finite_float, help=f"params exponent of the paper reward (default {DEFAULT_V})")
     p.add_argument("--pruner", help="none (default) or asha (successive halving on per-epoch accuracy)")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--image-size", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--timing-image-size", type=_positive_int)
-    p.add_argument("--timing-batch-size", type=_positive_int)
-    p.add_argument("--timing-steps", type=_positive_int)
+    p.add_argument("--epochs", type=_positive_int, help=f"proxy training epochs per trial (default {SWEEP_TRAIN.epochs})")
+    p.add_argument("--image-size", type=_positive_int, help=f"proxy training image size in px (default {SWEEP_TRAIN.image_size})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"proxy training batch size (default {SWEEP_TRAIN.batch_size})")
+    p.add_argument("--timing-image-size", type=_positive_int, help=f"image size of the timed step (default {SWEEP_TIMING.image_size})")
+    p.add_argument("--timing-batch-size", type=_positive_int, help=f"batch size of the timed step (default {SWEEP_TIMING.batch_size})")
+    p.add_argument("--timing-steps", type=_positive_int, help=f"timed steps, median taken (default {SWEEP_TIMING.steps})")
     p.add_argument("--storage", help="Optuna RDB URL (default: $NAS_STORAGE, else sqlite in the run directory; postgresql://... for a team)")
     p.add_argument("--address", help="join a Ray cluster (HOST:PORT of `ray start --head`, or auto)")
-    p.add_argument("--ray-tmpdir", help="Ray's temp directory")
+    p.add_argument("--ray-tmpdir", help="Ray's temp directory (default: Ray's, /tmp/ray)")
     p.add_argument("--ray-dashboard", action="store_true", help="start Ray's own dashboard (off by default)")
-    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (trial start/end, in-trial progress, ETA)")
     p.add_argument("--trial-timeout", type=_finite_float, help="seconds; a longer trial is cancelled and stored FAIL (default 21600)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("rescore", help="re-rank a finished sweep under another reward, without training")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--reward", default="paper", help="paper (default), constrained, accuracy")
-    p.add_argument("--w", type=_finite_float, help="paper: step-time exponent")
-    p.add_argument("--v", type=_finite_float, help="paper: params exponent")
-    p.add_argument("--target", type=_finite_float, help="constrained: target normalized step time")
-    p.add_argument("--alpha", type=_finite_float, help="constrained: exponent when the target is met")
-    p.add_argument("--beta", type=_finite_float, help="constrained: exponent when it is not")
-    p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--w", type=_finite_float, help=f"paper: step-time exponent (default {DEFAULT_W})")
+    p.add_argument("--v", type=_finite_float, help=f"paper: params exponent (default {DEFAULT_V})")
+    p.add_argument("--target", type=_finite_float, help=f"constrained: target normalized step time (default {CONSTRAINED['target']})")
+    p.add_argument("--alpha", type=_finite_float, help=f"constrained: exponent when the target is met (default {CONSTRAINED['alpha']})")
+    p.add_argument("--beta", type=_finite_float, help=f"constrained: exponent when it is not (default {CONSTRAINED['beta']})")
+    p.add_argument("--top", type=_positive_int, default=10, help="rows to print (default 10)")
     p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_rescore)
 
     p = sub.add_parser("export", help="write the spec JSON of a trial with provenance")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--trial", default="best", help="best (default), pareto (writes a directory), or a trial number")
-    p.add_argument("-o", "--output", required=True, help="arch.json (a directory with --trial pareto)")
+    p.add_argument("-o", "--output", help="arch.json (with --trial pareto: a directory, written DIR/ with a trailing slash)")
+    p.add_argument("--out-dir", help="with --trial pareto: the directory for trial-N.json files (instead of -o DIR/)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("dashboard", help="serve the sweep in optuna-dashboard with NAS notes")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8080)
+    p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
     p.add_argument("--storage", help=STORAGE_HELP)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html, refreshed each time)")
     p.add_argument("--force", action="store_true", help="overwrite an existing -o file")
     p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("fidelity", help="retrain K finished trials longer: does the proxy rank them like a long schedule?")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--trials", type=_positive_int, default=8, help="trials to retrain, incl. the best and the backbone (default 8)")
     p.add_argument("--epochs", type=_positive_int, help="long-schedule epochs (default 4x the sweep's)")
     p.add_argument("--image-size", type=_positive_int, help="long-schedule image size (default the sweep's)")
     p.add_argument("--data-fraction", type=_finite_float, default=1.0, help="share of the training split used (default 1)")
     p.add_argument("--concurrent", type=_positive_int, help="retrainings at a time (default the sweep's)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_fidelity)
 
     p = sub.add_parser("train", help="final training with progressive learning (Algorithm 1)")
     p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--stages", type=_integer, help="number of progressive stages M (default 4)")
+    p.add_argument("--data", required=True, help="required: digits (built in) or a path: IDX dir, CIFAR dir, image folder, .npz")
+    p.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {PROG.epochs})")
+    p.add_argument("--stages", type=_integer, help=f"number of progressive stages M (default {PROG.stages}, also with --member; "
+                   "never more than --epochs)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--fixed", action="store_true", help="train every epoch at the end values (baseline)")
-    p.add_argument("--member", help="take the start/end values of family member s, m or l")
-    for name in ("min-image-size", "max-image-size", "eval-image-size"):
-        p.add_argument(f"--{name}", type=_integer)
-    for name in ("min-randaugment", "max-randaugment", "min-mixup", "max-mixup", "min-dropout", "max-dropout"):
-        p.add_argument(f"--{name}", type=_finite_float)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--lr", type=_finite_float)
+    p.add_argument("--member", help="take the start/end values of family member s, m or l (default: small-image defaults below)")
+    for name in ("min-image-size", "max-image-size", "eval-image-size", "min-randaugment", "max-randaugment", "min-mixup",
+                 "max-mixup", "min-dropout", "max-dropout"):
+        field = name.replace("-", "_")
+        default = getattr(PROG, field)
+        shown = "the last stage's size" if default is None else f"{default:g}"
+        p.add_argument(f"--{name}", type=_integer if name.endswith("size") else _finite_float,
+                       help=f"{TRAIN_HELP[name.split('-', 1)[1]]}, {name.split('-')[0]} (default {shown}; --member sets its own)")
+    p.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {PROG.batch_size})")
+    p.add_argument("--lr", type=_finite_float, help=f"peak learning rate (default {PROG.lr:g})")
     p.add_argument("--ema", type=_finite_float, help="EMA decay of the weights (e.g. 0.999); off by default")
-    p.add_argument("--seed", type=_integer)
-    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--seed", type=_integer, help=f"seed (default {PROG.seed})")
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--out", help="output directory (default runs/train-SPECNAME); an existing checkpoint there is resumed, "
                    "and a larger --epochs extends a finished run")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_train)
 
     return parser

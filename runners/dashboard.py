@@ -31,28 +31,37 @@ def artifact_store(run_dir: str | Path) -> optuna.artifacts.FileSystemArtifactSt
     return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 
-def trial_note(number: int, attrs: dict[str, Any], reward_config: dict[str, Any]) -> str:
-    """Markdown for one trial: metrics and the stage table."""
+BACKBONE_NOTE = ("The backbone, evaluated through the same proxy as every trial: the yardstick for S and P and the reference "
+                 "the search must beat. It is not a search result: its objective value is stored as -inf (+inf for S and P in "
+                 "multi-objective studies) so that it is never the study's best; its real reward is in the table below and in "
+                 "its user attribute `reward`.\n\n")
+
+
+def trial_note(number: int, attrs: dict[str, Any], reward_config: dict[str, Any], backbone: bool = False) -> str:
+    """Markdown for one trial (or the backbone yardstick): metrics and the stage table."""
+    from runners.report import reward_formula
+
     spec = NetworkSpec.from_dict(attrs["spec"])
-    options = ", ".join(f"{k}={v}" for k, v in reward_config.items() if k != "name")
     reused = f"\n\nReused the record of trial {attrs['reused_from']} (same architecture)." if "reused_from" in attrs else ""
-    return (
+    title = f"## Backbone yardstick (trial {number}): reward {attrs['reward']:.4f}\n\n{BACKBONE_NOTE}" if backbone else \
         f"## Trial {number}: reward {attrs['reward']:.4f}\n\n"
+    return (
+        title +
         f"| A (accuracy) | S (norm. step time) | step time | P (norm. params) | params | reward |\n|---|---|---|---|---|---|\n"
         f"| {attrs['accuracy']:.4f} | {attrs['normalized_step_time']:.3f} | {attrs['step_time_ms']:.1f} ms | "
         f"{attrs['normalized_params']:.3f} | {attrs['params']:,} | {attrs['reward']:.4f} |\n\n"
-        f"Reward: {reward_config['name']} ({options}); data {attrs.get('data')}; device {attrs.get('device')}.\n\n"
+        f"Reward: {reward_formula(reward_config)}; data {attrs.get('data')}; device {attrs.get('device')}.\n\n"
         f"### Stage table\n\n{stage_table_markdown(spec)}\n\n`{attrs['spec_key']}`{reused}\n"
     )
 
 
 def annotate_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int,
-                   trial: optuna.trial.FrozenTrial, run_dir: str | Path, reward_config: dict[str, Any]) -> None:
+                   trial: optuna.trial.FrozenTrial, run_dir: str | Path, reward_config: dict[str, Any], backbone: bool = False) -> None:
     """Write the note of a finished trial and its spec JSON as a study artifact (named after the trial)."""
     from optuna_dashboard import save_note
 
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-    save_note(optuna.Trial(study, trial_id), trial_note(trial.number, trial.user_attrs, reward_config))
+    save_note(optuna.Trial(study, trial_id), trial_note(trial.number, trial.user_attrs, reward_config, backbone))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial-{trial.number}-spec.json"
         path.write_text(json.dumps(trial.user_attrs["spec"], indent=2))
@@ -72,11 +81,15 @@ def study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
     front = sorted((done[i] for i in pareto_front(points, ["maximize", "minimize", "minimize"])), key=lambda t: -t.user_attrs["accuracy"])
     rows = "\n".join(f"| {t.number} | {t.user_attrs['accuracy']:.4f} | {t.user_attrs['normalized_step_time']:.3f} | "
                      f"{t.user_attrs['normalized_params']:.3f} | {t.user_attrs['reward']:.4f} |" for t in front)
+    from runners.report import reward_formula
+    from runners.yardstick import against_backbone, verdict
+
     spec = NetworkSpec.from_dict(best.user_attrs["spec"])
     return (
         f"## Best: trial {best.number}, reward {best.user_attrs['reward']:.4f}\n\n"
-        f"Reward {reward_config['name']} " + ", ".join(f"{k}={v}" for k, v in reward_config.items() if k != "name")
-        + f"; {len(done)} finished trials.\n\n{stage_table_markdown(spec)}\n\n`{best.user_attrs['spec_key']}`\n\n"
+        f"**{verdict(best.number, best.user_attrs, against_backbone(study, best))}.**\n\n"
+        f"Reward {reward_formula(reward_config)}; {len(done)} finished trials (the backbone yardstick not counted; its "
+        f"objective value is kept out so it is never best).\n\n{stage_table_markdown(spec)}\n\n`{best.user_attrs['spec_key']}`\n\n"
         f"## Pareto front (max A, min S, min P): {len(front)} trials\n\n| trial | A | S | P | reward |\n|---|---|---|---|---|\n{rows}\n"
     )
 
@@ -93,9 +106,12 @@ def annotate(run: Run) -> int:
     study = optuna.load_study(study_name=run.config.name, storage=run.storage, sampler=optuna.samplers.RandomSampler())
     study_id = run.storage.get_study_id_from_name(run.config.name)
     marks = run.storage.get_study_system_attrs(study_id)  # one read for every trial's mark
-    todo = [t for t in scored_trials(study) if not marks.get(f"{MARK}:{t.number}")]
+    from runners.study import backbone_trial
+
+    base = backbone_trial(study)
+    todo = [t for t in scored_trials(study) + ([base] if base else []) if not marks.get(f"{MARK}:{t.number}")]
     for trial in todo:
-        annotate_trial(study, run.storage, study_id, trial, run.path, run.config.reward)
+        annotate_trial(study, run.storage, study_id, trial, run.path, run.config.reward, backbone=base is not None and trial.number == base.number)
     body = nas_study_note(study, run.config.reward)
     refresh_figures(study, only_if_changed=True)
     if get_note(study) != body:
@@ -151,7 +167,38 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_secon
 
 
 # ---- custom figures (optuna-dashboard's own API; refreshed by the sweep driver) ----------------
-FIGURE_IDS = ("nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity")
+FIGURE_IDS = ("nas-summary", "nas-a-vs-s", "nas-reward", "nas-parallel", "nas-choices", "nas-fidelity")
+
+
+def figure_summary(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
+    """The answer on the study's first screen: the best trials against the backbone (the full study note: Note)."""
+    import plotly.graph_objects as go
+
+    best = sorted(trials, key=lambda t: (-t.user_attrs["reward"], t.number))[:5]
+    rows = ([(f"backbone (trial {backbone.number})", backbone.user_attrs)] if backbone else []) + [(f"trial {t.number}", t.user_attrs)
+                                                                                                   for t in best]
+    base = backbone.user_attrs["reward"] if backbone else None
+    verdict = ("no backbone yardstick" if base is None else "no trial beat the backbone" if not best or best[0].user_attrs["reward"] <= base
+               else f"trial {best[0].number} beats the backbone's reward by {best[0].user_attrs['reward'] - base:+.4f}")
+    columns = [[r[0] for r in rows]] + [[f"{a[k]:.4f}" if k in ("accuracy", "reward") else f"{a[k]:.3f}" for _, a in rows]
+                                        for k in ("reward", "accuracy", "normalized_step_time", "normalized_params")]
+    figure = go.Figure(go.Table(header=dict(values=["", "reward", "A", "S", "P"]), cells=dict(values=columns)))
+    figure.update_layout(title=f"NAS summary: {verdict} (full study note: the Note page)", margin=dict(t=50, b=10))
+    return figure
+
+
+def figure_parallel(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
+    """Parallel coordinates over A, S, P and reward (the backbone included, coloured red)."""
+    import plotly.graph_objects as go
+
+    every = trials + ([backbone] if backbone else [])
+    axes = [dict(label=label, values=[t.user_attrs[key] for t in every]) for label, key in
+            (("A (accuracy)", "accuracy"), ("S (step time)", "normalized_step_time"), ("P (params)", "normalized_params"),
+             ("reward", "reward"))]
+    colour = [1 if backbone is not None and t.number == backbone.number else 0 for t in every]
+    figure = go.Figure(go.Parcoords(dimensions=axes, line=dict(color=colour, colorscale=[[0, "#636efa"], [1, "red"]])))
+    figure.update_layout(title="NAS: A, S, P and reward per trial (red: the backbone)")
+    return figure
 
 
 def figure_a_vs_s(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
@@ -251,7 +298,8 @@ def refresh_figures(study: optuna.Study, only_if_changed: bool = False) -> list[
             return []
         written = []
         if trials:
-            for graph_id, figure in (("nas-a-vs-s", figure_a_vs_s(trials, backbone)), ("nas-reward", figure_reward(trials, backbone)),
+            for graph_id, figure in (("nas-summary", figure_summary(trials, backbone)), ("nas-a-vs-s", figure_a_vs_s(trials, backbone)),
+                                     ("nas-reward", figure_reward(trials, backbone)), ("nas-parallel", figure_parallel(trials, backbone)),
                                      ("nas-choices", figure_choices(trials))):
                 save_plotly_graph_object(study, figure, graph_object_id=graph_id)
                 written.append(graph_id)

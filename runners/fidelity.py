@@ -172,6 +172,7 @@ def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[
         reward = run.config.reward_function()
         threads = max(1, int(run.config.cpus_per_trial))
         train = replace(run.config.train, epochs=config.epochs, image_size=config.image_size, threads=threads)
+        from runners.progress import short_name
         from runners.sweep import init_ray
 
         started = init_ray(run.config)  # the sweep's own way: its cluster, or a local instance on 127.0.0.1
@@ -187,6 +188,8 @@ def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[
                     seeded = asdict(replace(train, seed=trial.user_attrs.get("seed", train.seed)))
                     in_flight[remote.remote(trial.user_attrs["spec"], dataset_ref, seeded, config.data_fraction,
                                             run.config.gpus_per_trial > 0)] = trial
+                    log(f"fidelity: trial {trial.number} started: {short_name(trial.user_attrs['spec'])}, {config.epochs} epochs "
+                        f"at {config.image_size} px")
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 trial = in_flight.pop(ready[0])
                 try:

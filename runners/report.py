@@ -13,8 +13,48 @@ import optuna
 
 from nas.io import atomic_write_text
 from runners.results import pareto_trials
-from runners.study import Run, scored_trials
+from runners.study import Run, backbone_numbers, backbone_trial, scored_trials
 from runners.yardstick import compare
+
+MIN_TOP = 5  # choice frequencies of a top group smaller than this say nothing (every bar 0 or 1)
+CURVES = 5  # learning curves of this many top trials (and the backbone)
+
+
+def reward_formula(reward: dict) -> str:
+    """The reward as its formula with its options.
+
+    >>> reward_formula({"name": "paper", "w": -0.07, "v": -0.05})
+    'paper: A * S^w * P^v with w=-0.07, v=-0.05'
+    >>> reward_formula({"name": "custom", "function": "__main__.my_reward"})
+    'custom: __main__.my_reward(A, S, P)'
+    """
+    name = reward.get("name")
+    options = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in reward.items() if k != "name")
+    if name == "paper":
+        return f"paper: A * S^w * P^v with {options}"
+    if name == "constrained":
+        return f"constrained: A * (S / target)^(alpha if S <= target else beta) with {options or 'target=1, alpha=0, beta=-1'}"
+    if name == "accuracy":
+        return "accuracy: A"
+    if name == "custom":
+        return f"custom: {reward.get('function')}(A, S, P)"
+    return f"{name} ({options})"
+
+
+def sweep_counts(run: Run) -> dict[str, int]:
+    """Trial counts as ``nas search`` prints them: the backbone apart, surplus trials left out."""
+    trials = run.study.get_trials(deepcopy=False)
+    backbone = backbone_numbers(trials)
+    counts = Counter()
+    for t in trials:
+        if t.number in backbone:
+            continue
+        reason = str(t.user_attrs.get("failure_reason") or "")
+        if t.state.name == "FAIL" and reason.startswith("surplus"):
+            continue
+        counts[{"FAIL": "failed"}.get(t.state.name, t.state.name.lower())] += 1
+    return {"complete": counts["complete"], "pruned": counts["pruned"], "failed": counts["failed"],
+            "running": counts["running"] + counts["waiting"], "backbone": len(backbone)}
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
@@ -34,7 +74,7 @@ def _img(figure, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(figure)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def reward_plot(trials: list[optuna.trial.FrozenTrial]):
+def reward_plot(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None = None):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 3.5))
@@ -46,12 +86,16 @@ def reward_plot(trials: list[optuna.trial.FrozenTrial]):
         best.append(running)
     axis.scatter(numbers, rewards, s=18, label="trial reward")
     axis.step(numbers, best, where="post", color="C3", label="best so far")
+    if backbone is not None:
+        axis.axhline(backbone.user_attrs["reward"], color="red", linestyle="--", linewidth=1,
+                     label=f"backbone (trial {backbone.number}) {backbone.user_attrs['reward']:.4f}")
     axis.set(xlabel="trial", ylabel="reward", title="Reward over trials")
     axis.legend()
     return figure
 
 
-def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial.FrozenTrial]):
+def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial.FrozenTrial],
+                backbone: optuna.trial.FrozenTrial | None = None):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
@@ -71,13 +115,17 @@ def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial
     for t in trials:
         axis.annotate(str(t.number), (t.user_attrs["normalized_step_time"], t.user_attrs["accuracy"]), fontsize=7,
                       xytext=(4, 4), textcoords="offset points")
+    if backbone is not None:
+        axis.scatter([backbone.user_attrs["normalized_step_time"]], [backbone.user_attrs["accuracy"]], marker="*", s=260, color="red",
+                     label=f"backbone (trial {backbone.number})", zorder=5)
     axis.set(xlabel="S (training step time / backbone)", ylabel="A (validation accuracy)", title="Accuracy vs training step time")
     axis.legend()
     return figure
 
 
-def choice_plot(trials: list[optuna.trial.FrozenTrial], top: list[optuna.trial.FrozenTrial], stages: int):
-    """Share of each choice per stage among the top 10% against all trials."""
+def choice_plot(trials: list[optuna.trial.FrozenTrial], top: list[optuna.trial.FrozenTrial], stages: int,
+                backbone: optuna.trial.FrozenTrial | None = None):
+    """Share of each choice per stage among the top 10% against all trials; the backbone's choice marked."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(3, stages, figsize=(2.2 * stages, 6.5), squeeze=False)
@@ -92,15 +140,45 @@ def choice_plot(trials: list[optuna.trial.FrozenTrial], top: list[optuna.trial.F
             axis.bar([x - 0.2 for x in xs], [every[v] / max(1, len(trials)) for v in values], 0.4, label="all")
             axis.bar([x + 0.2 for x in xs], [best[v] / max(1, len(top)) for v in values], 0.4, label="top 10%")
             axis.set_xticks(list(xs), [str(v).replace("fused_mbconv", "fused") for v in values], fontsize=7)
-            axis.set_ylim(0, 1)
+            if backbone is not None and backbone.params.get(key) in values:
+                axis.scatter([values.index(backbone.params[key])], [1.0], marker="v", color="red", s=40,
+                             label="backbone" if row == column == 0 else None, zorder=5)
+            axis.set_ylim(0, 1.08)
             if column == 0:
                 axis.set_ylabel(name)
             if row == 0:
                 axis.set_title(f"stage {column + 1}", fontsize=9)
     axes[0][0].legend(fontsize=7)
-    figure.suptitle("How often each choice was made: top 10% vs all trials")
+    figure.suptitle(f"How often each choice was made: top 10% ({len(top)} trials) vs all {len(trials)} (red: the backbone's choice)")
     figure.tight_layout()
     return figure
+
+
+def curves_plot(top: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
+    """Validation accuracy per epoch of the top trials and the backbone (their stored proxy-training curves)."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    for trial in top:
+        curve = trial.user_attrs.get("curve") or []
+        axis.plot([p["epoch"] for p in curve], [p["val_accuracy"] for p in curve], marker="o", label=f"trial {trial.number}")
+    if backbone is not None:
+        curve = backbone.user_attrs.get("curve") or []
+        axis.plot([p["epoch"] for p in curve], [p["val_accuracy"] for p in curve], marker="*", color="red", linestyle="--",
+                  markersize=10, label=f"backbone (trial {backbone.number})")
+    axis.set(xlabel="epoch", ylabel="validation accuracy", title=f"Learning curves: the top {len(top)} trials and the backbone")
+    axis.legend(fontsize=7)
+    return figure
+
+
+def choices_section(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None) -> list[str]:
+    """The choice-frequency plot, only when the top 10% holds at least ``MIN_TOP`` trials; otherwise why not."""
+    top = sorted(trials, key=lambda t: -t.user_attrs["reward"])[: len(trials) // 10]
+    if len(top) < MIN_TOP:
+        return [f"<p class='choices-skipped'>Not shown: the top 10% of {len(trials)} scored trials is {len(top)} trial(s); choice "
+                f"frequencies need at least {MIN_TOP} there ({10 * MIN_TOP} scored trials), or every bar is 0 or 1.</p>"]
+    stages = len(trials[0].user_attrs["spec"]["stages"])
+    return [_img(choice_plot(trials, top, stages, backbone), f"choices per stage: top 10% ({len(top)} trials) vs all {len(trials)}")]
 
 
 def top_table(trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -176,25 +254,34 @@ def write_report(run: Run, output: str | Path) -> Path:
 
     matplotlib.use("Agg")
     trials = sorted(scored_trials(run.study), key=lambda t: t.number)
-    states = Counter(t.state.name for t in run.study.get_trials(deepcopy=False))
-    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    counts = sweep_counts(run)
+    summary = (f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
+               + (f", {counts['running']} running or waiting" if counts["running"] else "")
+               + (", and the backbone yardstick" if counts["backbone"] else ""))
     config = run.config
+    backbone = backbone_trial(run.study)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>NAS sweep {html.escape(config.name)}</title>"
              f"<style>{STYLE}</style></head><body>",
              f"<h1>NAS sweep <code>{html.escape(config.name)}</code></h1>",
              f"<p>{summary}. Data <b>{html.escape(config.data)}</b>, backbone <b>{html.escape(config.backbone)}</b>, "
-             f"reward <b>{html.escape(str(config.reward))}</b>, sampler {config.sampler}, "
+             f"reward <b>{html.escape(reward_formula(config.reward))}</b>, sampler {config.sampler}, "
              f"{config.train.epochs} epochs at {config.train.image_size}px; step time at {config.timing.image_size}px, "
              f"batch {config.timing.batch_size}. Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>"]
     if not trials:
         parts.append("<p>No finished trial yet.</p>")
     else:
         front = pareto_trials(run)
-        top = sorted(trials, key=lambda t: -t.user_attrs["reward"])[: max(1, len(trials) // 10)]
-        stages = len(trials[0].user_attrs["spec"]["stages"])
-        parts += ["<h2>Reward</h2>", _img(reward_plot(trials), "reward over trials with the best-so-far line"),
-                  "<h2>Pareto front</h2>", _img(pareto_plot(trials, front), "Pareto front: accuracy vs step time, params as colour"),
-                  "<h2>Choices per stage</h2>", _img(choice_plot(trials, top, stages), "choices per stage: top 10% vs all"),
+        best = sorted(trials, key=lambda t: (-t.user_attrs["reward"], t.number))
+        from runners.yardstick import against_backbone, verdict
+
+        parts.append(f"<p class='verdict'><b>Best {html.escape(verdict(best[0].number, best[0].user_attrs, against_backbone(run.study, best[0])))}"
+                     f".</b></p>")
+        parts += ["<h2>Reward</h2>", _img(reward_plot(trials, backbone), "reward over trials with the best-so-far line and the backbone"),
+                  "<h2>Pareto front</h2>", _img(pareto_plot(trials, front, backbone),
+                                                "Pareto front: accuracy vs step time, params as colour, the backbone as a star"),
+                  "<h2>Learning curves</h2>", _img(curves_plot(best[:CURVES], backbone),
+                                                   "validation accuracy per epoch: the top trials and the backbone"),
+                  "<h2>Choices per stage</h2>", *choices_section(trials, backbone),
                   "<h2>Top 10</h2>", top_table(trials),
                   "<h2>Backbone yardstick</h2>", yardstick_html(compare(run.study)),
                   "<h2>Proxy fidelity</h2>", fidelity_html(run)]

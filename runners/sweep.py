@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 import warnings
@@ -39,7 +38,7 @@ from typing import Any
 
 import optuna
 
-from nas.data import load_dataset
+from nas.data import Dataset, load_dataset
 from nas.errors import InputError
 from nas.io import atomic_write_json
 from nas.spec import NetworkSpec
@@ -48,9 +47,10 @@ from runners.config import SweepConfig
 from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.dashboard import refresh_figures
 from runners.preflight import check_address, check_resources, check_sweep
-from runners.study import BACKBONE_ROLE, best_scored, quiet_optuna, rdb_storage
+from runners.progress import Progress
+from runners.study import BACKBONE_ROLE, backbone_trial, best_scored, quiet_optuna, rdb_storage
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
-from runners.yardstick import ensure_backbone_trial
+from runners.yardstick import against_backbone, ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
 
 INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"  # stored at ask; replaced at tell
@@ -60,31 +60,12 @@ SEARCH_SETTINGS = ("data", "backbone", "space", "reward", "objective", "pruner",
 NOT_COPIED = ("seed", "reused_from", "retry_of", "attempt", "driver", "role")  # per-trial attributes of a duplicate
 CLAIM_WAIT_SECONDS = 30.0  # a trial asked longer ago than this without a claim is not waited for
 FIGURE_SECONDS = 30.0  # dashboard figures read the whole study: redraw at most this often, off the per-trial path
+BACKBONE_VALUES = (float("-inf"), float("inf"), float("inf"))  # the backbone's objective values: last under every direction
 TrialState = optuna.trial.TrialState
 Evaluate = Callable[[NetworkSpec, TrainConfig], dict[str, Any]]
 
 
 # ---- the driver side -------------------------------------------------------------------------
-class Progress:
-    """One stderr line per event: done / running / failed, best so far, ETA."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.quiet, self.begin = total, quiet, time.monotonic()
-
-    def log(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    def update(self, done: int, running: int, failed: int, pruned: int, best: tuple[float, int, str] | None, new_done: int) -> None:
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self.begin
-        remaining = max(0, self.total - done)
-        eta = f"{elapsed / new_done * remaining:.0f}s" if new_done and remaining else ("0s" if not remaining else "?")
-        best_text = f"best reward {best[0]:.4f} ({best[2]})" if best else "best reward -"
-        self.log(f"[{done}/{self.total} done, {running} running, {failed} failed, {pruned} pruned] {best_text}  "
-                 f"elapsed {elapsed:.0f}s  ETA {eta}")
-
-
 def init_ray(config: SweepConfig) -> bool:
     """Start Ray in-process (or join ``config.address``); returns True when we started it."""
     if not config.address:
@@ -234,6 +215,13 @@ def requeue_stale(max_retries: int, counter: list[int]) -> Callable[[optuna.Stud
     return callback
 
 
+def report_curve(trial: optuna.Trial, curve: list[dict[str, Any]]) -> None:
+    """Each epoch's validation accuracy as the trial's intermediate value (the dashboard's learning curves)."""
+    for point in curve:
+        if "epoch" in point and point.get("val_accuracy") is not None:
+            trial.report(float(point["val_accuracy"]), int(point["epoch"]))
+
+
 # ---- the ledger: what the driver knows about every trial, kept incrementally -----------------------
 @dataclass(frozen=True)
 class Seen:
@@ -352,13 +340,14 @@ class RayExecutor:
         self.ray, self.config, self.backbone = ray, config, backbone
         self.dataset_ref = ray.put(dataset)
         self.remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
-        self.board = ray.remote(PruneBoard).options(num_cpus=0).remote() if config.pruner == "asha" else None
+        self.board = ray.remote(PruneBoard).options(num_cpus=0).remote()  # progress always, pruning with asha
         self.run_dir = str(config.run_dir.resolve())
+        share = f"{config.cpus_per_trial:g} CPU" + (f", {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
+        self.where = f"on the Ray cluster at {config.address} ({share})" if config.address else f"on this machine ({share})"
 
     def submit(self, number: int, spec: NetworkSpec, train: TrainConfig) -> Any:
-        prune = (self.board, number) if self.board is not None else None
         return self.remote.remote(spec, self.dataset_ref, train, self.config.timing, self.backbone, self.config.gpus_per_trial > 0,
-                                  self.run_dir, prune)
+                                  self.run_dir, (self.board, number), self.config.pruner == "asha")
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
@@ -374,7 +363,13 @@ class RayExecutor:
         self.ray.cancel(handle, force=True)
 
     def reports(self) -> list[tuple[int, int, float]]:
-        return self.ray.get(self.board.take_reports.remote()) if self.board is not None else []
+        return self.ray.get(self.board.take_reports.remote()) if self.config.pruner == "asha" else []
+
+    def progress_reports(self) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            return self.ray.get(self.board.take_progress.remote(), timeout=10)
+        except Exception:  # the board lost (e.g. OOM-killed): progress lines stop, the sweep goes on
+            return []
 
     def decide(self, number: int, epoch: int, prune: bool) -> None:
         self.board.decide.remote(number, epoch, prune)
@@ -382,6 +377,8 @@ class RayExecutor:
 
 class LocalExecutor:
     """Runs ``evaluate(spec, train_config) -> record`` in the driver's process when a trial is submitted."""
+
+    where = "in the driver's process"
 
     def __init__(self, evaluate: Evaluate) -> None:
         self.evaluate, self.done = evaluate, {}
@@ -402,6 +399,9 @@ class LocalExecutor:
     def reports(self) -> list[tuple[int, int, float]]:
         return []
 
+    def progress_reports(self) -> list[tuple[int, dict[str, Any]]]:
+        return []
+
     def decide(self, number: int, epoch: int, prune: bool) -> None:
         pass
 
@@ -420,8 +420,12 @@ class InFlight:
 
 
 # ---- the sweep ----------------------------------------------------------------------------------
-def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str, Any]:
+def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None, *, dataset: Dataset | None = None,
+              reward: Callable[[float, float, float], float] | None = None) -> dict[str, Any]:
     """Run (or resume, or join) the sweep described by ``config``; returns a summary dict.
+
+    ``dataset`` (the Python API's user data) replaces loading ``config.data``, which then names it;
+    ``reward`` (a function of A, S, P) replaces ``config.reward``'s, which then names it (``custom``).
 
     ``evaluate`` replaces the Ray workers by an in-process function ``(spec, train_config) -> record``
     (a record as :func:`runners.evaluate.evaluate_candidate` returns it); Ray is then not started.
@@ -432,11 +436,11 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     begin = time.monotonic()
     check_sweep(config)  # paths, storage, address, resources, memory: before anything is created
-    dataset = load_dataset(config.data)  # bad data paths fail here, before Ray starts
+    dataset = dataset if dataset is not None else load_dataset(config.data)  # bad data paths fail here, before Ray starts
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)
     settings = search_settings(config, backbone, space)
-    progress = Progress(config.n_trials, config.quiet)
+    progress = Progress(config.n_trials, config.quiet, config.max_concurrent)
     recovered = [0]
     if config.storage is None:
         private_dir(config.run_dir)  # the default SQLite study lives there
@@ -451,6 +455,8 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
         progress.log(f"resuming {config.name}: {recovered[0]} interrupted trial(s) marked failed and queued again")
     if not created:  # the creator queued it in open_study; a joining or resuming driver queues it if it is missing or was lost
         ensure_backbone_trial(study, space)  # the yardstick: evaluated first, never counted toward n_trials
+        known = backbone_trial(study)
+        progress.backbone_reward = known.user_attrs.get("reward") if known is not None else None
 
     executor: RayExecutor | LocalExecutor
     started_ray = False
@@ -470,7 +476,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     startup_seconds = time.monotonic() - begin  # data, study, Ray start: before the first trial
     heartbeat = Heartbeat(storage, config.heartbeat_interval, progress.log)
     driver_run = _Driver(config, study, Ledger(study, storage, config.max_retries), heartbeat, executor, space,
-                         dataset.num_classes, progress, driver)
+                         dataset.num_classes, progress, driver, reward=reward)
     try:
         driver_run.loop()
     finally:
@@ -485,6 +491,8 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     return {"run_dir": str(config.run_dir), "study": config.name, "storage": mask_url(config.storage_url), **counts,
             "trials_this_run": driver_run.new_done, "best_trial": best.number if best else None,
             "best_reward": best.user_attrs["reward"] if best else None, "best_spec_key": best.user_attrs["spec_key"] if best else None,
+            "best_metrics": {k: best.user_attrs[k] for k in ("accuracy", "normalized_step_time", "normalized_params", "reward")} if best else None,
+            "against_backbone": against_backbone(study, best) if best else None,
             "wall_seconds": time.monotonic() - begin, "startup_seconds": startup_seconds, "recovered": recovered[0]}
 
 
@@ -518,11 +526,12 @@ class _Driver:
     """The loop of one driver: fill free slots, settle waiters, relay pruning, time out, tell."""
 
     def __init__(self, config: SweepConfig, study: optuna.Study, ledger: Ledger, heartbeat: Heartbeat,
-                 executor: RayExecutor | LocalExecutor, space: SearchSpace, num_classes: int, progress: Progress, driver: str) -> None:
+                 executor: RayExecutor | LocalExecutor, space: SearchSpace, num_classes: int, progress: Progress, driver: str,
+                 *, reward: Callable[[float, float, float], float] | None = None) -> None:
         self.config, self.study, self.ledger, self.heartbeat, self.executor = config, study, ledger, heartbeat, executor
         self.space, self.num_classes, self.progress, self.driver = space, num_classes, progress, driver
         self.multi = config.objective == "multi"
-        self.reward = config.reward_function()
+        self.reward = reward or config.reward_function()
         self.mine: dict[int, InFlight] = {}  # by trial number
         self.new_done = 0
         self.next_stale_check = time.monotonic() + config.heartbeat_interval
@@ -610,7 +619,11 @@ class _Driver:
         train = replace(self.config.train, seed=trial_seed(self.config.seed, number), threads=max(1, int(self.config.cpus_per_trial)))
         flight.handle = self.executor.submit(number, flight.spec, train)
         flight.started = time.monotonic()
+        self.progress.trial_started(number, flight.spec, self.executor.where, backbone=self.is_backbone(flight))
         return False
+
+    def is_backbone(self, flight: InFlight) -> bool:
+        return flight.trial.user_attrs.get("role") == BACKBONE_ROLE
 
     def settle_waiters(self) -> bool:
         changed = False
@@ -629,6 +642,9 @@ class _Driver:
                 continue
             flight.trial.report(value, epoch)
             self.executor.decide(number, epoch, flight.trial.should_prune())
+        for number, info in self.executor.progress_reports():
+            if number in self.mine:
+                self.progress.trial_progress(number, info)
         return False
 
     def time_to_timeout(self) -> float:
@@ -652,6 +668,8 @@ class _Driver:
                 record["reward"] = self.reward(record["accuracy"], record["normalized_step_time"], record["normalized_params"])
             except (ValueError, KeyError) as error:
                 record["status"], record["failure_reason"] = "failed", f"reward: {error}"
+        if number in self.mine and "reused_from" not in record:
+            self.progress.trial_finished(number, record, backbone=self.is_backbone(self.mine[number]))
         self.close(number, record)
 
     def close(self, number: int, record: dict[str, Any], count: bool = True) -> None:
@@ -664,8 +682,12 @@ class _Driver:
             for name, value in record.items():
                 if name != "traceback":
                     flight.trial.set_user_attr(name, json.loads(json.dumps(value, default=str)))
+            if self.config.pruner != "asha" and not self.multi:  # per-epoch curve as intermediate values (asha reported them)
+                report_curve(flight.trial, record.get("curve") or [])
             if state == TrialState.COMPLETE:
                 values = [record["accuracy"], record["normalized_step_time"], record["normalized_params"]] if self.multi else record["reward"]
+                if self.is_backbone(flight):  # the yardstick's objective value is kept out: it is never "best" (its
+                    values = BACKBONE_VALUES if self.multi else BACKBONE_VALUES[0]  # metrics stay in its user attributes)
                 self.study.tell(flight.trial, values)
             else:
                 self.study.tell(flight.trial, state=state)
@@ -681,12 +703,14 @@ class _Driver:
         """Finish ``number`` with the record of ``source``, a finished trial of the same architecture."""
         record = {k: v for k, v in source.user_attrs.items() if k not in NOT_COPIED}
         record["reused_from"] = source.number
+        self.progress.trial_reused(number, source.number)
         record["status"] = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned"}.get(source.state, "failed")
         self.finish(number, record)
 
     def show(self) -> None:
         c = self.ledger.counts
-        self.progress.update(self.ledger.counted, len(self.ledger.running()), c["failed"], c["pruned"], self.ledger.best, self.new_done)
+        running = len({s.number for s in self.ledger.running()} | set(self.mine))  # the backbone and this driver's trials too
+        self.progress.update(self.ledger.counted, running, c["failed"], c["pruned"], self.ledger.best, self.new_done)
         if time.monotonic() >= self.next_figures:
             refresh_figures(self.study, only_if_changed=True)  # never raises
             self.next_figures = time.monotonic() + FIGURE_SECONDS

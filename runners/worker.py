@@ -33,7 +33,8 @@ def asha_pruner() -> optuna.pruners.BasePruner:
 
 
 class PruneBoard:
-    """A mailbox between workers and the driver (run as a Ray actor): per-epoch values in, decisions out.
+    """A mailbox between workers and the driver (run as a Ray actor): per-epoch values in, decisions out;
+    in-trial progress (epoch, step, images/s) in, for the driver's stderr.
 
     >>> board = PruneBoard()
     >>> board.report(3, 1, 0.5); board.take_reports()
@@ -45,6 +46,14 @@ class PruneBoard:
     def __init__(self) -> None:
         self.reports: list[tuple[int, int, float]] = []
         self.decisions: dict[tuple[int, int], bool] = {}
+        self.progress: dict[int, dict[str, Any]] = {}  # the latest progress of each trial
+
+    def post(self, number: int, info: dict[str, Any]) -> None:
+        self.progress[number] = info
+
+    def take_progress(self) -> list[tuple[int, dict[str, Any]]]:
+        progress, self.progress = self.progress, {}
+        return sorted(progress.items())
 
     def report(self, number: int, epoch: int, value: float) -> None:
         self.reports.append((number, epoch, value))
@@ -60,11 +69,14 @@ class PruneBoard:
         return self.decisions.pop((number, epoch), None)
 
 
-def _ask_driver(board: Any, number: int):
-    """An epoch callback that sends the value to the driver and returns its prune decision."""
+def _ask_driver(board: Any, number: int, epochs: int, prune: bool):
+    """An epoch callback that posts the epoch's progress and, with ``prune``, sends the value to the driver and returns its decision."""
     import ray
 
     def on_epoch(epoch: int, metrics: dict) -> bool:
+        board.post.remote(number, {"epoch": epoch, "epochs": epochs, "val_accuracy": float(metrics["val_accuracy"])})
+        if not prune:
+            return False
         ray.get(board.report.remote(number, epoch, float(metrics["val_accuracy"])))
         deadline = time.monotonic() + DECISION_WAIT_SECONDS
         while time.monotonic() < deadline:
@@ -77,11 +89,21 @@ def _ask_driver(board: Any, number: int):
     return on_epoch
 
 
+def _post_progress(board: Any, number: int):
+    """An in-epoch progress callback (``train_proxy``'s ``on_progress``) that posts to the driver without waiting."""
+
+    def on_progress(info: dict) -> None:
+        board.post.remote(number, dict(info))
+
+    return on_progress
+
+
 def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timing: TimingConfig, backbone: NetworkSpec,
-                   use_gpu: bool, run_dir: str, prune: tuple[Any, int] | None = None) -> dict[str, Any]:
+                   use_gpu: bool, run_dir: str, board: tuple[Any, int] | None = None, prune: bool = False) -> dict[str, Any]:
     """Runs inside a Ray worker: evaluate one candidate; never raises (failures become records).
 
-    ``train`` already carries the trial's seed and thread count; ``prune`` is (PruneBoard actor, trial number).
+    ``train`` already carries the trial's seed and thread count; ``board`` is (PruneBoard actor, trial number): progress
+    goes there, and with ``prune`` each epoch's accuracy, whose answer may stop the trial.
     """
     import ray
     import torch
@@ -90,13 +112,14 @@ def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timi
     from runners.evaluate import evaluate_candidate
 
     torch.set_num_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
-    on_epoch = _ask_driver(*prune) if prune is not None else None
+    on_epoch = _ask_driver(*board, train.epochs, prune) if board is not None else None
+    on_progress = _post_progress(*board) if board is not None else None
     node = ray.get_runtime_context().get_node_id()
     try:
         record = evaluate_candidate(
             spec, dataset, train, timing, backbone=backbone,
             device="cuda" if use_gpu and torch.cuda.is_available() else "cpu", on_epoch=on_epoch,
-            reference_cache=ReferenceCache(os.path.join(run_dir, "reference_times.json")),
+            reference_cache=ReferenceCache(os.path.join(run_dir, "reference_times.json")), on_progress=on_progress,
         )
     except Exception as error:  # the sweep goes on; the trial is stored FAIL with this reason
         record = {"status": "failed", "failure_reason": f"{type(error).__name__}: {error}",

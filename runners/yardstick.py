@@ -132,3 +132,23 @@ def against_backbone(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> di
             "step_time_ratio": mine["normalized_step_time"] / base["normalized_step_time"],
             "params_ratio": mine["normalized_params"] / base["normalized_params"],
             "beats_reward": mine["reward"] > base["reward"], "dominates": dominates(mine, base)}
+
+
+def verdict(number: int, attrs: dict[str, Any], against: dict[str, Any] | None) -> str:
+    """One line: a trial's A, S, P, reward against the backbone's, and whether it beats it.
+
+    >>> verdict(4, {"accuracy": 0.9, "normalized_step_time": 0.8, "normalized_params": 0.5, "reward": 0.94},
+    ...         {"backbone_trial": 0, "backbone_accuracy": 0.95, "backbone_normalized_step_time": 1.0,
+    ...          "backbone_normalized_params": 1.0, "backbone_reward": 0.95, "beats_reward": False, "dominates": False})
+    'trial 4: A 0.9000, S 0.800, P 0.500, reward 0.9400 vs backbone (trial 0): A 0.9500, S 1.000, P 1.000, reward 0.9500; it does not beat the backbone'
+    """
+    text = (f"trial {number}: A {attrs['accuracy']:.4f}, S {attrs['normalized_step_time']:.3f}, P {attrs['normalized_params']:.3f}, "
+            f"reward {attrs['reward']:.4f}")
+    if against is None:
+        return text + " (no backbone yardstick in this sweep)"
+    text += (f" vs backbone (trial {against['backbone_trial']}): A {against['backbone_accuracy']:.4f}, "
+             f"S {against['backbone_normalized_step_time']:.3f}, P {against['backbone_normalized_params']:.3f}, "
+             f"reward {against['backbone_reward']:.4f}; ")
+    if not against["beats_reward"]:
+        return text + "it does not beat the backbone"
+    return text + ("it beats the backbone and dominates it in (A, S, P)" if against["dominates"] else "it beats the backbone's reward")

@@ -79,6 +79,9 @@ def finished_sweep(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     result = run_nas("search", "--name", "shared", "--runs-dir", runs, "--trials", "5", "--concurrent", "2", "--sampler", "random",
                      "--seed", "3", "--epochs", "1", "--image-size", "16", "--timing-image-size", "32", "--timing-batch-size", "8",
-                     "--timing-steps", "3", "--quiet")
+                     "--timing-steps", "3", timeout=1200)  # a busy shared machine: minutes per trial
     assert result.code == 0, result.err
+    # its progress lines (not --quiet) and final summary, for the feedback tests (tests/test_feedback.py)
+    (runs / "search.stderr").write_text(result.err)
+    (runs / "search.stdout").write_text(result.out)
     return runs / "shared"

@@ -65,7 +65,7 @@ def test_export_then_inspect_round_trip(finished_sweep, tmp_path):
 
 
 def test_export_pareto_writes_loadable_files(finished_sweep, tmp_path):
-    result = run_nas("export", finished_sweep, "--trial", "pareto", "-o", tmp_path / "front", "--json")
+    result = run_nas("export", finished_sweep, "--trial", "pareto", "--out-dir", tmp_path / "front", "--json")
     assert result.code == 0, result.err
     for path in result.json()["written"]:
         assert load_spec(path).stages

@@ -261,7 +261,7 @@ def test_no_storage_password_anywhere(postgres, tmp_path):
     outputs += [
         run_nas("rescore", run_dir, "--storage", url, "--json"),
         run_nas("export", run_dir, "-o", exports / "arch.json", "--storage", url),
-        run_nas("export", run_dir, "--trial", "pareto", "-o", exports / "pareto", env={"NAS_STORAGE": url}),
+        run_nas("export", run_dir, "--trial", "pareto", "--out-dir", exports / "pareto", env={"NAS_STORAGE": url}),
         run_nas("report", run_dir, env={"NAS_STORAGE": url}),
         # no password in the URL at all: libpq takes it from PGPASSWORD
         run_nas("rescore", run_dir, "--storage", postgres.url(url.rsplit("/", 1)[1], with_password=False), "--json",
