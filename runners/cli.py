@@ -232,10 +232,10 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     options = {"w": args.w, "v": args.v, "target": args.target, "alpha": args.alpha, "beta": args.beta}
     check_reward(args.reward, {k: v for k, v in options.items() if v is not None})
     run = open_run(args.run_dir, storage_option(args.storage))
-    rows = rescore(run, args.reward, **options)
+    rows = rescore(run, args.reward, score=args.score, **options)
     top = rows[: args.top]
     lines = [f"{len(rows)} finished trials re-scored with {args.reward} "
-             + " ".join(f"{k}={v:g}" for k, v in options.items() if v is not None),
+             + " ".join(f"{k}={v:g}" for k, v in options.items() if v is not None) + f", proxy score {args.score}",
              f"{'rank':>4} {'change':>6} {'trial':>5} {'reward':>8} {'old':>8} {'acc':>6} {'S':>6} {'P':>6}  spec"]
     for r in top:
         change = f"{r['rank_change']:+d}" if r["rank_change"] else "="
@@ -245,7 +245,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from runners.yardstick import summary_lines
 
     yardstick = rescore_yardstick(run, args.reward, **options)
-    _emit(args, {"reward": args.reward, "options": {k: v for k, v in options.items() if v is not None}, "trials": top,
+    _emit(args, {"reward": args.reward, "score": args.score, "options": {k: v for k, v in options.items() if v is not None}, "trials": top,
                  "backbone": yardstick}, "\n".join(lines + summary_lines(yardstick)))
     return 0
 
@@ -296,7 +296,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir)
     config = FidelityConfig(trials=args.trials, epochs=args.epochs or 4 * run.config.train.epochs,
                             image_size=args.image_size or run.config.train.image_size, data_fraction=args.data_fraction,
-                            concurrent=args.concurrent or run.config.max_concurrent)
+                            concurrent=args.concurrent or run.config.max_concurrent, ceiling=not args.no_ceiling)
     result = run_fidelity(run, config)
     _emit(args, result, summary_text(result))
     return 0 if result["trials"] else 1
@@ -460,6 +460,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_finite_float, help="constrained: exponent when the target is met")
     p.add_argument("--beta", type=_finite_float, help="constrained: exponent when it is not")
     p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--score", default="accuracy", help="proxy score from each trial's curve: accuracy (final, default), "
+                   "best_accuracy (A in the reward), val_loss, sotl, sotl_last (rank by the score itself)")
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rescore)
@@ -495,6 +497,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, help="long-schedule image size (default the sweep's)")
     p.add_argument("--data-fraction", type=_finite_float, default=1.0, help="share of the training split used (default 1)")
     p.add_argument("--concurrent", type=_positive_int, help="retrainings at a time (default the sweep's)")
+    p.add_argument("--no-ceiling", action="store_true", help="train the long schedule once (no second seed: no noise ceiling)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fidelity)
 

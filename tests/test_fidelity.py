@@ -1,14 +1,15 @@
 """The backbone yardstick and ``nas fidelity`` on a real small sweep; the rank statistics against scipy."""
 
 import json
-import random
+import math
 import re
 
 import pytest
 from scipy import stats
 
 from nas.spec import NetworkSpec
-from runners.fidelity import PREFIX, kendall_tau, spearman, top_k_overlap
+from nas.errors import InputError
+from runners.fidelity import PREFIX, REPLICA_PREFIX, fraction_of, kendall_tau, score_table, spearman, tau_interval, top_k_overlap
 from runners.study import backbone_trial, best_scored, open_run, scored_trials
 from tests.conftest import assert_one_line_error, run_nas
 
@@ -23,15 +24,56 @@ def test_rank_statistics_hand_computed():
     assert top_k_overlap([0.9, 0.8, 0.1, 0.2], [0.7, 0.1, 0.9, 0.2], 2) == 0.5
 
 
-def test_rank_statistics_match_scipy_with_ties():
-    rng = random.Random(0)
-    for size in (2, 3, 5, 8, 13):
-        x = [rng.choice([0.1, 0.2, 0.3, 0.5, 0.8]) for _ in range(size)]
-        y = [rng.choice([1, 2, 3, 4]) + rng.random() * (i % 2) for i in range(size)]
-        if len(set(x)) < 2 or len(set(y)) < 2:
-            continue
-        assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
-        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+def test_ceiling_fraction_and_bootstrap_interval_on_planted_data_with_ties():
+    long = [0.50, 0.60, 0.60, 0.70, 0.80, 0.90]  # a tie in the long schedule
+    replica = [0.52, 0.58, 0.65, 0.75, 0.74, 0.91]  # the same architectures, another seed: one swap
+    proxy = {"perfect": [1, 2, 3, 4, 5, 6], "tied": [0.1, 0.1, 0.2, 0.2, 0.3, 0.3], "missing": [None, None, 1.0, None, None, None]}
+    table = score_table(proxy, long, replica, k=2)
+    # tau-b with the tie in `long`: 13 concordant, 1 discordant, 1 pair tied in long only -> 12 / sqrt(15 * 14)
+    ceiling = table["ceiling"]
+    assert ceiling["kendall_tau"] == pytest.approx(12 / math.sqrt(15 * 14)) == pytest.approx(stats.kendalltau(long, replica).statistic)
+    assert ceiling["trials"] == 6
+    perfect = table["scores"]["perfect"]  # a tie in long only: 14 concordant of 15 pairs, tau-b = 14 / sqrt(15 * 14)
+    assert perfect["kendall_tau"] == pytest.approx(14 / math.sqrt(15 * 14))
+    assert perfect["fraction_of_ceiling"] == pytest.approx(14 / 12)  # above the ceiling: the ceiling is a noisy estimate too
+    tied = table["scores"]["tied"]  # ties on both sides: scipy's tau-b
+    assert tied["kendall_tau"] == pytest.approx(stats.kendalltau(proxy["tied"], long).statistic)
+    assert tied["fraction_of_ceiling"] == pytest.approx(tied["kendall_tau"] / ceiling["kendall_tau"])
+    assert tied["spearman"] == pytest.approx(stats.spearmanr(proxy["tied"], long).statistic)
+    assert table["scores"]["missing"] is None  # fewer than 2 values: no statistic
+    for row in (ceiling, perfect, tied):
+        low, high = row["interval"]
+        assert -1 <= low <= row["kendall_tau"] <= high <= 1 and high - low > 0.05  # six points: a wide interval
+    assert tau_interval(proxy["tied"], long) == tied["interval"]  # seeded: the same interval every time
+    assert tau_interval([1, 2, 3, 4, 5, 6, 7, 8], [2, 4, 6, 8, 10, 12, 14, 16]) == [pytest.approx(1.0), pytest.approx(1.0)]
+    once = score_table({"missing": proxy["missing"]}, long, None)  # the long schedule ran once: no ceiling, no fraction
+    assert once["ceiling"] is None and once["scores"]["missing"] is None
+    assert fraction_of(0.3, {"kendall_tau": -0.1}) is None  # no positive ceiling: no fraction
+
+
+def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
+    from nas.scores import proxy_scores
+    from nas.timing import TimingConfig
+    from nas.train import TrainConfig
+    from nas.zoo import get
+    from runners.evaluate import evaluate_candidate
+
+    config = TrainConfig(epochs=2, image_size=16, batch_size=32, data_fraction=0.1, score="best_accuracy", threads=1)
+    record = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", config, TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3),
+                                lock=False)
+    curve = record["curve"]
+    assert record["status"] == "ok" and len(curve) == 2
+    full = round(1797 * 0.8)  # digits, 20 % held out for validation
+    assert all(epoch["images"] <= full // 10 for epoch in curve)  # the proxy trained on a tenth of the training split
+    assert record["accuracy"] == max(e["val_accuracy"] for e in curve) and record["final_accuracy"] == curve[-1]["val_accuracy"]
+    scores = proxy_scores(record)
+    assert scores == {"accuracy": curve[-1]["val_accuracy"], "best_accuracy": record["accuracy"], "val_loss": -curve[-1]["val_loss"],
+                      "sotl": -(curve[0]["train_loss"] + curve[1]["train_loss"]), "sotl_last": -curve[-1]["train_loss"]}
+    assert proxy_scores({"accuracy": 0.5}) == {"accuracy": 0.5, "best_accuracy": None, "val_loss": None, "sotl": None, "sotl_last": None}
+    with pytest.raises(InputError, match="score"):
+        TrainConfig(score="sotl")  # not accuracy-like: cannot be A in the reward
+    with pytest.raises(InputError, match="data_fraction"):
+        TrainConfig(data_fraction=0)
 
 
 @pytest.mark.slow
