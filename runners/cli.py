@@ -302,6 +302,30 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     return 0 if result["trials"] else 1
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from runners.calibrate import CalibrationConfig, run_calibration, summary_text
+    from runners.study import open_run
+
+    run = open_run(args.run_dir)
+    config = CalibrationConfig(trials=args.trials, epochs=tuple(args.epochs), image_sizes=tuple(args.image_sizes),
+                               data_fractions=tuple(args.data_fractions), long_epochs=args.long_epochs or 8 * max(args.epochs),
+                               long_image_size=args.long_image_size or max(args.image_sizes), long_data_fraction=args.long_data_fraction,
+                               target=args.target, concurrent=args.concurrent or run.config.max_concurrent)
+    result = run_calibration(run, config)
+    _emit(args, result, summary_text(result))
+    return 0
+
+
+def _number_list(kind: Any) -> Any:
+    def parse(value: str) -> list:
+        try:
+            return [kind(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of {kind.__name__}s") from None
+
+    return parse
+
+
 def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -500,6 +524,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ceiling", action="store_true", help="train the long schedule once (no second seed: no noise ceiling)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("calibrate", help="proxy settings grid vs the long schedule twice: the cheapest proxy near the seed ceiling")
+    p.add_argument("run_dir")
+    p.add_argument("--trials", type=_positive_int, default=12, help="architectures, incl. the backbone (default 12)")
+    p.add_argument("--epochs", type=_number_list(int), default=[1, 2], help="proxy epochs to try (default 1,2)")
+    p.add_argument("--image-sizes", type=_number_list(int), default=[16, 32], help="proxy image sizes to try (default 16,32)")
+    p.add_argument("--data-fractions", type=_number_list(float), default=[0.25, 1.0], help="training-data fractions (default 0.25,1)")
+    p.add_argument("--long-epochs", type=_positive_int, help="long-schedule epochs (default 8x the largest proxy epochs)")
+    p.add_argument("--long-image-size", type=_positive_int, help="long-schedule image size (default the largest proxy size)")
+    p.add_argument("--long-data-fraction", type=_finite_float, default=1.0, help="long-schedule data fraction (default 1)")
+    p.add_argument("--target", type=_finite_float, default=0.8, help="fraction of the seed ceiling to reach (default 0.8)")
+    p.add_argument("--concurrent", type=_positive_int, help="trainings at a time (default the sweep's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("train", help="final training with progressive learning (Algorithm 1)")
     p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")

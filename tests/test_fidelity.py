@@ -7,8 +7,9 @@ import re
 import pytest
 from scipy import stats
 
-from nas.spec import NetworkSpec
 from nas.errors import InputError
+from nas.spec import NetworkSpec
+from runners import fidelity
 from runners.fidelity import PREFIX, REPLICA_PREFIX, fraction_of, kendall_tau, score_table, spearman, tau_interval, top_k_overlap
 from runners.study import backbone_trial, best_scored, open_run, scored_trials
 from tests.conftest import assert_one_line_error, run_nas
@@ -122,20 +123,26 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
             assert audit[f"kendall_tau_{name}"] == pytest.approx(stats.kendalltau(x, y).statistic)
             assert audit[f"spearman_{name}"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert rows[0]["accuracy"] >= 0 and audit["best_beats_backbone_long"] in (True, False)
+    replicas = {int(k[len(REPLICA_PREFIX):]): v for k, v in run.study.user_attrs.items() if k.startswith(REPLICA_PREFIX)}
+    assert sorted(replicas) == sorted(numbers)  # the long schedule a second time, another seed: the ceiling
+    assert all(replicas[n]["seed"] == stored[n]["seed"] + 1 and replicas[n]["schedule"] == stored[n]["schedule"] for n in numbers)
+    assert audit["ceiling"]["trials"] == 3 and set(audit["scores"]) == {"accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last"}
+    assert "seed ceiling: Kendall tau" in fidelity.summary_text(audit) and "score sotl " in fidelity.summary_text(audit)
 
     again = run_nas("fidelity", tmp_path / "fid", "--trials", "3", "--epochs", "2", "--json")  # resumable: nothing retrained
     assert again.code == 0 and "0 to go" in again.err and again.json()["trials"] == audit["trials"]
+    assert again.json()["ceiling"] == audit["ceiling"]
 
     report = run_nas("report", tmp_path / "fid", "-o", tmp_path / "r.html")
     assert report.code == 0, report.err
     page = (tmp_path / "r.html").read_text()
-    assert "Proxy fidelity" in page and "Backbone yardstick" in page and "<table id='yardstick'>" in page
+    assert "Proxy fidelity" in page and "seed ceiling" in page and "Backbone yardstick" in page and "<table id='yardstick'>" in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # reward, Pareto, choices, fidelity scatter
 
     from runners.dashboard import nas_study_note, refresh_figures
 
     assert set(refresh_figures(run.study)) == {"nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity"}
     note = nas_study_note(run.study, run.config.reward)
-    assert "Backbone yardstick: trial 0" in note and "Proxy fidelity" in note
+    assert "Backbone yardstick: trial 0" in note and "Proxy fidelity" in note and "noise ceiling" in note
 
     assert_one_line_error(run_nas("fidelity", tmp_path / "fid", "--data-fraction", "0"), "data_fraction")
