@@ -102,6 +102,9 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     rescore = run_nas("rescore", tmp_path / "fid", "--json").json()["backbone"]
     assert rescore["backbone"]["trial"] == 0 and rescore["trials"] == 4
     assert "backbone (trial 0)" in run_nas("rescore", tmp_path / "fid").out
+    by_sotl = run_nas("rescore", tmp_path / "fid", "--score", "sotl", "--json").json()["trials"]  # any score, from the stored curves
+    assert [r["score"] for r in by_sotl] == sorted((r["score"] for r in by_sotl), reverse=True) and all(r["score"] < 0 for r in by_sotl)
+    assert_one_line_error(run_nas("rescore", tmp_path / "fid", "--score", "speed"), "score")
     export = run_nas("export", tmp_path / "fid", "-o", tmp_path / "arch.json")
     assert export.code == 0, export.err
     against = json.loads((tmp_path / "arch.json").read_text())["provenance"]["against_backbone"]
@@ -146,3 +149,17 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     assert "Backbone yardstick: trial 0" in note and "Proxy fidelity" in note and "noise ceiling" in note
 
     assert_one_line_error(run_nas("fidelity", tmp_path / "fid", "--data-fraction", "0"), "data_fraction")
+
+    # nas calibrate on the same run: the long schedule (both seeds) is the one fidelity stored, only the grid trains
+    args = ["calibrate", tmp_path / "fid", "--trials", "3", "--epochs", "1", "--image-sizes", "16", "--data-fractions", "0.5,1",
+            "--long-epochs", "2", "--long-image-size", "16", "--json"]
+    calibrated = run_nas(*args)
+    assert calibrated.code == 0, calibrated.err
+    assert "6 retrainings already done with this schedule, 0 to go" in calibrated.err and "6 trainings to go" in calibrated.err
+    result = calibrated.json()
+    assert {(r["setting"]["data_fraction"], r["score"]) for r in result["table"]} <= {(f, s) for f in (0.5, 1.0) for s in audit["scores"]}
+    assert all(r["cost"] > 0 and r["relative_cost"] > 0 for r in result["table"]) and (tmp_path / "fid" / "calibration.png").exists()
+    assert result["ceiling"] == audit["ceiling"] and (result["recommended"] is None) == (result["snippet"] is None)
+    again = run_nas(*args)  # resumable: nothing trains
+    assert again.code == 0 and "0 trainings to go" in again.err and again.json()["table"] == result["table"]
+    assert_one_line_error(run_nas("calibrate", tmp_path / "fid", "--target", "2"), "target")
