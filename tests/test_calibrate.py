@@ -44,3 +44,19 @@ def test_calibration_config_validation():
                        ({"trials": 1}, "trials")):
         with pytest.raises(InputError, match=field):
             CalibrationConfig(**bad)
+
+
+def test_sweep_accepts_data_fraction_and_score_and_older_studies_still_resume():
+    from runners.sweep import search_settings, settings_difference
+    from search_spaces import SearchSpace
+
+    space = SearchSpace.from_config({})
+    calibrated = resolve_config(None, {"name": "x", "train": {"data_fraction": 0.5, "score": "best_accuracy"}})
+    stored = search_settings(calibrated, space.backbone, space)
+    assert (stored["train"]["data_fraction"], stored["train"]["score"]) == (0.5, "best_accuracy")  # stored settings, as today
+    default = search_settings(resolve_config(None, {"name": "x"}), space.backbone, space)
+    assert settings_difference(stored, default) == ["train.data_fraction", "train.score"]  # another driver must agree
+    older = {**default, "train": {k: v for k, v in default["train"].items() if k not in ("data_fraction", "score")}}
+    assert settings_difference(older, default) == []  # a study stored before these settings existed resumes
+    with pytest.raises(InputError, match="score"):
+        resolve_config(None, {"name": "x", "train": {"score": "sotl"}})
