@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from bench_search import nas, subset  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=100, help="training images per class (default 100)")
-    parser.add_argument("--trials", type=int, default=14, help="sweep trials (default 14)")
+    parser.add_argument("--trials", type=int, default=12, help="sweep trials (default 12)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--k", type=int, default=12, help="architectures calibrated, incl. the backbone (default 12)")
@@ -44,35 +43,38 @@ def main() -> None:
     parser.add_argument("--long-size", type=int, default=28)
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--out", default=str(ROOT / "bench" / "calibration"), help="where the table, plot and snippet are copied")
+    parser.add_argument("--work", default="/tmp/nas-bench-calibrate", help="the sweep's runs dir, kept: a rerun resumes what is stored")
     args = parser.parse_args()
     import torch
 
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs (shared with other jobs), torch {torch.__version__}, "
           f"optuna {optuna.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     print(f"settings: {vars(args)}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "fashion-subset.npz"
+    tmp = Path(args.work)  # kept (not a temporary directory): the sweep and the calibration resume from the study
+    tmp.mkdir(parents=True, exist_ok=True)
+    data = Path(tmp) / "fashion-subset.npz"
+    if not data.exists():
         subset(data, args.train, 50)
-        print(f"data: Fashion-MNIST subset, {args.train * 10} training images (20% of them validation), grey 28x28", flush=True)
-        sweep = nas("search", "--name", "bench", "--runs-dir", tmp, "--data", str(data), "--trials", str(args.trials),
-                    "--concurrent", "2", "--sampler", "random", "--seed", "0", "--epochs", str(args.epochs),
-                    "--image-size", str(args.size), "--timing-image-size", "32", "--timing-batch-size", "16", "--timing-steps", "3",
-                    "--quiet")
-        print(f"sweep: {sweep['complete']} complete + backbone, {sweep['failed']} failed, {sweep['bench_wall_seconds']:.0f} s", flush=True)
-        run_dir = Path(tmp) / "bench"
-        result = nas("calibrate", str(run_dir), "--trials", str(args.k), "--epochs", args.grid_epochs, "--image-sizes", args.grid_sizes,
-                     "--data-fractions", args.grid_fractions, "--long-epochs", str(args.long_epochs), "--long-image-size",
-                     str(args.long_size), "--target", str(args.target), "--concurrent", "2")
-        from runners.calibrate import summary_text
+    print(f"data: Fashion-MNIST subset, {args.train * 10} training images (20% of them validation), grey 28x28", flush=True)
+    sweep = nas("search", "--name", "bench", "--runs-dir", tmp, "--data", str(data), "--trials", str(args.trials),
+                "--concurrent", "2", "--sampler", "random", "--seed", "0", "--epochs", str(args.epochs),
+                "--image-size", str(args.size), "--timing-image-size", "32", "--timing-batch-size", "16", "--timing-steps", "3",
+                "--quiet")
+    print(f"sweep: {sweep['complete']} complete + backbone, {sweep['failed']} failed, {sweep['bench_wall_seconds']:.0f} s", flush=True)
+    run_dir = Path(tmp) / "bench"
+    result = nas("calibrate", str(run_dir), "--trials", str(args.k), "--epochs", args.grid_epochs, "--image-sizes", args.grid_sizes,
+                 "--data-fractions", args.grid_fractions, "--long-epochs", str(args.long_epochs), "--long-image-size",
+                 str(args.long_size), "--target", str(args.target), "--concurrent", "2")
+    from runners.calibrate import summary_text
 
-        print(f"calibrate: {result['bench_wall_seconds']:.0f} s", flush=True)
-        print(summary_text(result), flush=True)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("calibration.json", "calibration.png", "calibration.yaml"):
-            if (run_dir / name).exists():
-                shutil.copy(run_dir / name, out / name)
-        print(f"copied calibration.json/png/yaml to {out}", flush=True)
+    print(f"calibrate: {result['bench_wall_seconds']:.0f} s", flush=True)
+    print(summary_text(result), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("calibration.json", "calibration.png", "calibration.yaml"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, out / name)
+    print(f"copied calibration.json/png/yaml to {out}", flush=True)
 
 
 if __name__ == "__main__":
