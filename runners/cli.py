@@ -321,7 +321,7 @@ def _number_list(kind: Any) -> Any:
         try:
             return [kind(part) for part in value.split(",") if part.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of {kind.__name__}s") from None
+            raise argparse.ArgumentTypeError(f"{value!r} is not allowed, allowed a comma-separated list of {kind.__name__}s") from None
 
     return parse
 
