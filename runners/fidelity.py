@@ -5,8 +5,11 @@ backbone, are retrained on Ray tasks with a longer schedule (more epochs, larger
 of the training data); their step time S and params P are reused from the sweep (the architecture
 did not change), so the long reward is ``reward(A_long, S, P)``. Results land in the study as user
 attributes ``fidelity:<trial>`` (Optuna does not let a finished trial's own attributes change), so a
-rerun skips what is done. Reported: Kendall tau and Spearman rho between proxy and long accuracy
-and reward, and the overlap of the top-k sets.
+rerun skips what is done. The long schedule is trained a second time with another seed
+(``fidelity-seed2:<trial>``): Kendall tau between the two is the seed ceiling. Reported: Kendall tau
+and Spearman rho between proxy and long accuracy and reward, the overlap of the top-k sets, and for
+every proxy score of :mod:`nas.scores` its tau (with a bootstrap interval) as a fraction of the ceiling.
+Rank statistics come from ``scipy.stats``.
 
     >>> round(kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]), 4), round(spearman([1, 2, 3, 4], [1, 3, 2, 4]), 4)
     (0.6667, 0.8)
