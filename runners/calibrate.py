@@ -74,8 +74,8 @@ def key_of(number: int, setting: dict[str, Any]) -> str:
 
 
 def cost_of(record: dict[str, Any]) -> float | None:
-    """CPU seconds of one training (the wall seconds where a record has no CPU time)."""
-    value = record.get("cpu_seconds", record.get("train_seconds"))
+    """CPU seconds of one training; on a GPU (or where a record has no CPU time) its wall seconds."""
+    value = record.get("train_seconds") if record.get("device_type") == "cuda" else record.get("cpu_seconds", record.get("train_seconds"))
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -187,7 +187,7 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
     if result.failure:
         return {"status": "failed", "failure_reason": result.failure}
     return {"status": "ok", "accuracy": result.accuracy, "curve": result.curve, "train_seconds": result.seconds,
-            "cpu_seconds": time.process_time() - cpu_begin, "train_images": keep, "seed": config.seed}
+            "cpu_seconds": time.process_time() - cpu_begin, "device_type": device.type, "train_images": keep, "seed": config.seed}
 
 
 @dataclass(frozen=True)
