@@ -3,7 +3,7 @@
 import pytest
 
 from nas.errors import InputError
-from runners.calibrate import CalibrationConfig, choose, frontier, snippet
+from runners.calibrate import CalibrationConfig, choose, cost_of, frontier, snippet
 from runners.config import resolve_config
 
 
@@ -29,6 +29,8 @@ def test_calibration_picks_the_cheapest_setting_reaching_the_target():
     assert choose(PLANTED, 1.1) is None  # nothing reaches it: the frontier tells what each budget buys
     assert [(r["cost"], r["fraction_of_ceiling"]) for r in frontier(PLANTED)] == [(1.0, 0.95), (18.0, 1.05)]
     assert choose(PLANTED, 0.9, scores=("sotl",))["cost"] == 1.0
+    assert cost_of({"cpu_seconds": 3.0, "train_seconds": 2.0}) == 3.0  # CPU seconds on a CPU worker
+    assert cost_of({"cpu_seconds": 3.0, "train_seconds": 2.0, "device_type": "cuda"}) == 2.0  # GPU seconds on a GPU worker
 
 
 def test_recommended_snippet_is_a_sweep_config(tmp_path):
