@@ -234,8 +234,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir, storage_option(args.storage))
     rows = rescore(run, args.reward, score=args.score, **options)
     top = rows[: args.top]
-    lines = [f"{len(rows)} finished trials re-scored with {args.reward} "
-             + " ".join(f"{k}={v:g}" for k, v in options.items() if v is not None) + f", proxy score {args.score}",
+    lines = [" ".join([f"{len(rows)} finished trials re-scored with {args.reward}",
+                       *(f"{k}={v:g}" for k, v in options.items() if v is not None)]) + f", proxy score {args.score}",
              f"{'rank':>4} {'change':>6} {'trial':>5} {'reward':>8} {'old':>8} {'acc':>6} {'S':>6} {'P':>6}  spec"]
     for r in top:
         change = f"{r['rank_change']:+d}" if r["rank_change"] else "="
