@@ -73,9 +73,15 @@ class TrainConfig(OptimizerConfig):
     deterministic: bool = True
     eval_batch_size: int = 512
     compile: bool = False  # torch.compile the model (timing then times the compiled step too)
+    data_fraction: float = 1.0  # the proxy trains on this fraction of the training split (validation unchanged)
+    score: str = "accuracy"  # the proxy score that is A in the reward (nas.scores.ACCURACY_SCORES)
 
     def __post_init__(self) -> None:
         check_ints(self, (("epochs", 1), ("image_size", 8), ("batch_size", 2), ("eval_batch_size", 1)))
+        check_number("data_fraction", self.data_fraction, low=0.0, high=1.0, low_open=True)
+        from nas.scores import ACCURACY_SCORES, check_score
+
+        check_score(self.score, ACCURACY_SCORES)
         super().__post_init__()
 
 

@@ -260,10 +260,10 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     options = {"w": args.w, "v": args.v, "target": args.target, "alpha": args.alpha, "beta": args.beta}
     check_reward(args.reward, {k: v for k, v in options.items() if v is not None})
     run = open_run(args.run_dir, storage_option(args.storage))
-    rows = rescore(run, args.reward, **options)
+    rows = rescore(run, args.reward, score=args.score, **options)
     top = rows[: args.top]
-    lines = [f"{len(rows)} finished trials re-scored with {args.reward} "
-             + " ".join(f"{k}={v:g}" for k, v in options.items() if v is not None),
+    lines = [" ".join([f"{len(rows)} finished trials re-scored with {args.reward}",
+                       *(f"{k}={v:g}" for k, v in options.items() if v is not None)]) + f", proxy score {args.score}",
              f"{'rank':>4} {'change':>6} {'trial':>5} {'reward':>8} {'old':>8} {'acc':>6} {'S':>6} {'P':>6}  spec"]
     for r in top:
         change = f"{r['rank_change']:+d}" if r["rank_change"] else "="
@@ -273,7 +273,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from runners.yardstick import summary_lines
 
     yardstick = rescore_yardstick(run, args.reward, **options)
-    _emit(args, {"reward": args.reward, "options": {k: v for k, v in options.items() if v is not None}, "trials": top,
+    _emit(args, {"reward": args.reward, "score": args.score, "options": {k: v for k, v in options.items() if v is not None}, "trials": top,
                  "backbone": yardstick}, "\n".join(lines + summary_lines(yardstick)))
     return 0
 
@@ -356,10 +356,34 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir)
     config = FidelityConfig(trials=args.trials, epochs=args.epochs or 4 * run.config.train.epochs,
                             image_size=args.image_size or run.config.train.image_size, data_fraction=args.data_fraction,
-                            concurrent=args.concurrent or run.config.max_concurrent)
+                            concurrent=args.concurrent or run.config.max_concurrent, ceiling=not args.no_ceiling)
     result = run_fidelity(run, config)
     _emit(args, result, summary_text(result))
     return 0 if result["trials"] else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from runners.calibrate import CalibrationConfig, run_calibration, summary_text
+    from runners.study import open_run
+
+    run = open_run(args.run_dir)
+    config = CalibrationConfig(trials=args.trials, epochs=tuple(args.epochs), image_sizes=tuple(args.image_sizes),
+                               data_fractions=tuple(args.data_fractions), long_epochs=args.long_epochs or 8 * max(args.epochs),
+                               long_image_size=args.long_image_size or max(args.image_sizes), long_data_fraction=args.long_data_fraction,
+                               target=args.target, concurrent=args.concurrent or run.config.max_concurrent)
+    result = run_calibration(run, config)
+    _emit(args, result, summary_text(result))
+    return 0
+
+
+def _number_list(kind: Any) -> Any:
+    def parse(value: str) -> list:
+        try:
+            return [kind(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not allowed, allowed a comma-separated list of {kind.__name__}s") from None
+
+    return parse
 
 
 def _scale_family(spec: Any, args: argparse.Namespace) -> int:
@@ -563,6 +587,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_finite_float, help=f"constrained: exponent when the target is met (default {CONSTRAINED['alpha']})")
     p.add_argument("--beta", type=_finite_float, help=f"constrained: exponent when it is not (default {CONSTRAINED['beta']})")
     p.add_argument("--top", type=_positive_int, default=10, help="rows to print (default 10)")
+    p.add_argument("--score", default="accuracy", help="proxy score from each trial's curve: accuracy (final, default), "
+                   "best_accuracy (A in the reward), val_loss, sotl, sotl_last (rank by the score itself)")
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_rescore)
@@ -599,8 +625,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, help="long-schedule image size (default the sweep's)")
     p.add_argument("--data-fraction", type=_finite_float, default=1.0, help="share of the training split used (default 1)")
     p.add_argument("--concurrent", type=_positive_int, help="retrainings at a time (default the sweep's)")
+    p.add_argument("--no-ceiling", action="store_true", help="train the long schedule once (no second seed: no noise ceiling)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("calibrate", help="proxy settings grid vs the long schedule twice: the cheapest proxy near the seed ceiling")
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
+    p.add_argument("--trials", type=_positive_int, default=12, help="architectures, incl. the backbone (default 12)")
+    p.add_argument("--epochs", type=_number_list(int), default=[1, 2], help="proxy epochs to try (default 1,2)")
+    p.add_argument("--image-sizes", type=_number_list(int), default=[16, 32], help="proxy image sizes to try (default 16,32)")
+    p.add_argument("--data-fractions", type=_number_list(float), default=[0.25, 1.0], help="training-data fractions (default 0.25,1)")
+    p.add_argument("--long-epochs", type=_positive_int, help="long-schedule epochs (default 8x the largest proxy epochs)")
+    p.add_argument("--long-image-size", type=_positive_int, help="long-schedule image size (default the largest proxy size)")
+    p.add_argument("--long-data-fraction", type=_finite_float, default=1.0, help="long-schedule data fraction (default 1)")
+    p.add_argument("--target", type=_finite_float, default=0.8, help="fraction of the seed ceiling to reach (default 0.8)")
+    p.add_argument("--concurrent", type=_positive_int, help="trainings at a time (default the sweep's)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("train", help="final training with progressive learning (Algorithm 1)")
     p.add_argument("spec", help="registry name, spec JSON or an exported arch.json")

@@ -335,6 +335,9 @@ def nas_study_note(study: optuna.Study, reward_config: dict[str, Any]) -> str:
                  f"{_fmt(result['spearman_accuracy'])} on accuracy, Kendall tau {_fmt(result['kendall_tau_reward'])} / "
                  f"Spearman {_fmt(result['spearman_reward'])} on reward; top-{result['top_k']} overlap "
                  f"{_fmt(result['top_k_overlap_reward'])}. The scatter is the figure `nas-fidelity`.\n")
+        from runners.fidelity import score_lines
+
+        body += "\nAgainst the noise ceiling (each proxy score vs long accuracy):\n\n" + "".join(f"- {line}\n" for line in score_lines(result))
     return body
 
 

@@ -29,26 +29,45 @@ from nas.spec import NetworkSpec
 from nas.timing import ReferenceCache, TimingConfig, device_name, measure_step_time
 from nas.train import EpochCallback, ProgressCallback, TrainConfig, pick_device, train_proxy
 
-_DATA_CACHE: dict[tuple[str, str, float], tuple[DeviceData, int]] = {}
+_DATA_CACHE: dict[tuple[str, str, float, float], tuple[DeviceData, int]] = {}
 
 
 def device_data(data: str | Dataset, config: TrainConfig, device: torch.device) -> tuple[DeviceData, int, str]:
     """The data set on ``device`` with its validation split; cached per process (Ray reuses workers)."""
     name = data if isinstance(data, str) else data.name
-    key = (name, str(device), config.validation_fraction)
+    fraction = getattr(config, "data_fraction", 1.0)
+    key = (name, str(device), config.validation_fraction, fraction)
     if key not in _DATA_CACHE:
         dataset = load_dataset(data) if isinstance(data, str) else data
         _DATA_CACHE.clear()  # one data set per worker is enough; frees device memory
-        split = dataset.split_validation(config.validation_fraction, seed=0)
-        _DATA_CACHE[key] = (DeviceData(*split, device=device), dataset.num_classes)
+        images, labels, val_images, val_labels = dataset.split_validation(config.validation_fraction, seed=0)
+        keep = train_subset_size(len(images), fraction, config.batch_size)
+        _DATA_CACHE[key] = (DeviceData(images[:keep], labels[:keep], val_images, val_labels, device=device), dataset.num_classes)
     cached, num_classes = _DATA_CACHE[key]
     return cached, num_classes, name
+
+
+def train_subset_size(total: int, fraction: float, batch_size: int) -> int:
+    """How many training images ``fraction`` keeps (at least one batch); the split is shuffled, so a prefix is a random subset.
+
+        >>> train_subset_size(1000, 0.25, 64), train_subset_size(100, 0.01, 64), train_subset_size(10, 1.0, 64)
+        (250, 64, 10)
+    """
+    return min(total, max(batch_size, int(total * fraction)))
 
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _score_as_accuracy(final: float, curve: list[dict[str, float]], config: TrainConfig) -> float:
+    """The proxy score ``config.score`` (an accuracy-like one) of the run; the final accuracy when the curve lacks it."""
+    from nas.scores import proxy_scores
+
+    value = proxy_scores({"accuracy": final, "curve": curve}).get(config.score)
+    return final if value is None else value
 
 
 def evaluate_candidate(
@@ -85,7 +104,8 @@ def evaluate_candidate(
     record: dict[str, Any] = {
         "status": "failed" if result.failure else ("pruned" if result.stopped_early else "ok"),
         "failure_reason": result.failure,
-        "accuracy": result.accuracy,
+        "accuracy": _score_as_accuracy(result.accuracy, result.curve, train_config),  # A in the reward: train.score
+        "final_accuracy": result.accuracy,
         "val_loss": result.val_loss,
         "curve": result.curve,
         "epochs_run": result.epochs_run,

@@ -5,8 +5,11 @@ backbone, are retrained on Ray tasks with a longer schedule (more epochs, larger
 of the training data); their step time S and params P are reused from the sweep (the architecture
 did not change), so the long reward is ``reward(A_long, S, P)``. Results land in the study as user
 attributes ``fidelity:<trial>`` (Optuna does not let a finished trial's own attributes change), so a
-rerun skips what is done. Reported: Kendall tau and Spearman rho between proxy and long accuracy
-and reward, and the overlap of the top-k sets.
+rerun skips what is done. The long schedule is trained a second time with another seed
+(``fidelity-seed2:<trial>``): Kendall tau between the two is the seed ceiling. Reported: Kendall tau
+and Spearman rho between proxy and long accuracy and reward, the overlap of the top-k sets, and for
+every proxy score of :mod:`nas.scores` its tau (with a bootstrap interval) as a fraction of the ceiling.
+Rank statistics come from ``scipy.stats``.
 
     >>> round(kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]), 4), round(spearman([1, 2, 3, 4], [1, 3, 2, 4]), 4)
     (0.6667, 0.8)
@@ -17,62 +20,53 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
 import optuna
+from scipy import stats
 
 from nas.errors import InputError
 from runners.study import Run, backbone_trial, scored_trials
 
 PREFIX = "fidelity:"
+REPLICA_PREFIX = "fidelity-seed2:"  # the long schedule again with another seed: the noise ceiling
+REPLICA_SEED = 1  # offset added to the trial's seed for the replica
 
 
-# ---- rank statistics -----------------------------------------------------------------------
-def _ranks(values: list[float]) -> list[float]:
-    """1-based ranks, ties get their average rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for position in range(start, end + 1):
-            ranks[order[position]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+# ---- rank statistics (scipy.stats) ----------------------------------------------------------
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties handled), from ``scipy.stats.kendalltau``; nan when a side is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan
+        return float(stats.kendalltau(x, y).statistic)
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rho: Pearson correlation of the (average-tie) ranks; nan when a side is constant."""
-    rx, ry = _ranks(list(x)), _ranks(list(y))
-    n = len(rx)
-    mx, my = sum(rx) / n, sum(ry) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+    """Spearman's rho (average ranks for ties), from ``scipy.stats.spearmanr``; nan when a side is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(x, y).statistic)
 
 
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties in either list handled as scipy's default does); nan when a side is constant."""
-    concordant = discordant = ties_x = ties_y = 0
-    n = len(x)
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return (concordant - discordant) / denominator if denominator else float("nan")
+def tau_interval(x: list[float], y: list[float], *, level: float = 0.95, resamples: int = 500, seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval of Kendall tau over the architectures (pairs resampled together), ``scipy.stats.bootstrap``.
+
+    A resample in which one side is constant carries no rank information: its tau counts as 0.
+    None with fewer than 3 architectures.
+    """
+    if len(x) < 3:
+        return None
+
+    def statistic(a: np.ndarray, b: np.ndarray) -> float:
+        value = kendall_tau(a, b)
+        return 0.0 if math.isnan(value) else value
+
+    result = stats.bootstrap((np.asarray(x, float), np.asarray(y, float)), statistic, paired=True, vectorized=False,
+                             n_resamples=resamples, confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 def top_k_overlap(proxy: list[float], long: list[float], k: int) -> float:
@@ -81,6 +75,41 @@ def top_k_overlap(proxy: list[float], long: list[float], k: int) -> float:
     by_proxy = set(sorted(range(len(proxy)), key=lambda i: -proxy[i])[:k])
     by_long = set(sorted(range(len(long)), key=lambda i: -long[i])[:k])
     return len(by_proxy & by_long) / k
+
+
+def score_table(proxy: dict[str, list[float | None]], long: list[float], replica: list[float | None] | None = None, *,
+                k: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Each proxy score against the long schedule's accuracy, and the seed-noise ceiling it is judged by.
+
+    ``replica`` is the long schedule trained a second time with another seed on the same architectures
+    (None where missing): the ceiling is Kendall tau(long, long'), the agreement no proxy can beat on
+    average. Per score: Kendall tau with its bootstrap interval, Spearman, top-k overlap, and tau as a
+    fraction of the ceiling (None when the ceiling is missing or not positive).
+    """
+    k = max(1, len(long) // 3) if k is None else k
+    ceiling = None
+    paired = [(a, b) for a, b in zip(long, replica or []) if b is not None]
+    if len(paired) >= 2:
+        a, b = map(list, zip(*paired))
+        ceiling = {"kendall_tau": _finite(kendall_tau(a, b)), "interval": tau_interval(a, b, seed=seed),
+                   "spearman": _finite(spearman(a, b)), "top_k_overlap": top_k_overlap(b, a, k), "trials": len(paired)}
+    table: dict[str, Any] = {}
+    for name, values in proxy.items():
+        pairs = [(v, y) for v, y in zip(values, long) if v is not None]
+        if len(pairs) < 2:
+            table[name] = None
+            continue
+        x, y = map(list, zip(*pairs))
+        tau = _finite(kendall_tau(x, y))
+        table[name] = {"kendall_tau": tau, "interval": tau_interval(x, y, seed=seed), "spearman": _finite(spearman(x, y)),
+                       "top_k_overlap": top_k_overlap(x, y, k), "fraction_of_ceiling": fraction_of(tau, ceiling), "trials": len(x)}
+    return {"ceiling": ceiling, "scores": table, "top_k": k}
+
+
+def fraction_of(tau: float | None, ceiling: dict[str, Any] | None) -> float | None:
+    """``tau`` over the ceiling's tau; None when either is missing or the ceiling is not positive."""
+    limit = (ceiling or {}).get("kendall_tau")
+    return tau / limit if tau is not None and limit is not None and limit > 0 else None
 
 
 # ---- which trials, which schedule ------------------------------------------------------------
@@ -93,6 +122,7 @@ class FidelityConfig:
     image_size: int = 32
     data_fraction: float = 1.0
     concurrent: int = 2
+    ceiling: bool = True  # train the long schedule a second time with another seed
 
     def __post_init__(self) -> None:
         for name, low in (("trials", 2), ("epochs", 1), ("image_size", 8), ("concurrent", 1)):
@@ -128,24 +158,27 @@ def stored(run: Run) -> dict[int, dict[str, Any]]:
     return stored_results(run.study)
 
 
-def stored_results(study: optuna.Study) -> dict[int, dict[str, Any]]:
-    return {int(key[len(PREFIX):]): value for key, value in study.user_attrs.items() if key.startswith(PREFIX)}
+def stored_results(study: optuna.Study, prefix: str = PREFIX) -> dict[int, dict[str, Any]]:
+    """Results stored under ``prefix`` (the long schedule, or its second-seed replica), by trial number."""
+    return {int(key[len(prefix):]): value for key, value in study.user_attrs.items() if key.startswith(prefix)}
 
 
 # ---- the Ray task ----------------------------------------------------------------------------
 def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: float, use_gpu: bool) -> dict[str, Any]:
-    """Runs inside a Ray worker: train ``spec`` with the long schedule; never raises (failures become records)."""
+    """Runs inside a Ray worker: train ``spec`` with the given schedule; never raises (failures become records)."""
     import torch
 
     from nas.pipeline import DeviceData
     from nas.spec import NetworkSpec
     from nas.train import TrainConfig, pick_device, train_proxy
+    from runners.evaluate import train_subset_size
 
     config = TrainConfig(**train_json)
     torch.set_num_threads(max(1, config.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
+    cpu_begin = time.process_time()
     try:
         images, labels, val_images, val_labels = dataset.split_validation(config.validation_fraction, seed=0)
-        keep = min(len(images), max(config.batch_size, int(len(images) * data_fraction)))  # the split is shuffled: a prefix is a random subset
+        keep = train_subset_size(len(images), data_fraction, config.batch_size)
         device = pick_device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         data = DeviceData(images[:keep], labels[:keep], val_images, val_labels, device=device)
         result = train_proxy(NetworkSpec.from_dict(spec_json), data, config)
@@ -154,61 +187,80 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
     if result.failure:
         return {"status": "failed", "failure_reason": result.failure}
     return {"status": "ok", "accuracy": result.accuracy, "curve": result.curve, "train_seconds": result.seconds,
-            "train_images": keep}
+            "cpu_seconds": time.process_time() - cpu_begin, "device_type": device.type, "train_images": keep, "seed": config.seed}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One retraining: ``spec`` under ``train`` (a TrainConfig as a dict) on ``data_fraction`` of the training split."""
+
+    key: Any
+    spec: dict[str, Any]
+    train: dict[str, Any]
+    data_fraction: float
+
+
+def run_jobs(run: Run, jobs: list[Job], concurrent: int, done: Any, log: Any) -> None:
+    """Run ``jobs`` on Ray (the sweep's cluster or a local instance), ``concurrent`` at a time; ``done(job, record)`` stores each."""
+    from nas.data import load_dataset
+    from runners.sweep import init_ray
+
+    started = init_ray(run.config)  # the sweep's own way: its cluster, or a local instance on 127.0.0.1
+    import ray
+
+    try:
+        dataset_ref = ray.put(load_dataset(run.config.data))
+        remote = ray.remote(retrain).options(num_cpus=run.config.cpus_per_trial, num_gpus=run.config.gpus_per_trial, max_retries=0)
+        queue, in_flight, begin = list(jobs), {}, time.monotonic()
+        while queue or in_flight:
+            while queue and len(in_flight) < concurrent:
+                job = queue.pop(0)
+                in_flight[remote.remote(job.spec, dataset_ref, job.train, job.data_fraction, run.config.gpus_per_trial > 0)] = job
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            job = in_flight.pop(ready[0])
+            try:
+                record = ray.get(ready[0])
+            except Exception as error:  # a lost worker
+                record = {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
+            done(job, record)
+            log(f"  [{len(jobs) - len(queue) - len(in_flight)}/{len(jobs)}, {time.monotonic() - begin:.0f} s]")
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[str, Any]:
-    """Retrain the picked trials not yet done with this schedule, store each result, return the audit."""
-    from nas.data import load_dataset
-
+    """Retrain the picked trials not yet done with this schedule (twice with ``ceiling``), store each result, return the audit."""
     log = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     picked = pick_trials(run, config.trials)
     if len(picked) < 2:
         raise InputError(f"run directory: {run.path} has {len(picked)} finished trial(s); the audit needs at least 2")
-    done = stored(run)
-    todo = [t for t in picked if done.get(t.number, {}).get("schedule") != config.schedule()]
-    log(f"fidelity: {len(picked)} trials picked, {len(picked) - len(todo)} already retrained with this schedule, {len(todo)} to go")
-    if todo:
-        reward = run.config.reward_function()
-        threads = max(1, int(run.config.cpus_per_trial))
-        train = replace(run.config.train, epochs=config.epochs, image_size=config.image_size, threads=threads)
-        from runners.progress import short_name
-        from runners.sweep import init_ray
+    stores = [(PREFIX, stored(run), 0)] + ([(REPLICA_PREFIX, stored_results(run.study, REPLICA_PREFIX), REPLICA_SEED)]
+                                           if config.ceiling else [])
+    threads = max(1, int(run.config.cpus_per_trial))
+    train = replace(run.config.train, epochs=config.epochs, image_size=config.image_size, threads=threads,
+                    data_fraction=float(config.data_fraction))
+    jobs = [Job((prefix, trial), trial.user_attrs["spec"], asdict(replace(train, seed=trial.user_attrs.get("seed", train.seed) + offset)),
+                config.data_fraction)
+            for prefix, done, offset in stores for trial in picked if done.get(trial.number, {}).get("schedule") != config.schedule()]
+    log(f"fidelity: {len(picked)} trials picked{' (long schedule twice: the seed ceiling)' if config.ceiling else ''}, "
+        f"{len(picked) * len(stores) - len(jobs)} retrainings already done with this schedule, {len(jobs)} to go")
+    reward = run.config.reward_function()
 
-        started = init_ray(run.config)  # the sweep's own way: its cluster, or a local instance on 127.0.0.1
-        import ray
+    def done(job: Job, record: dict[str, Any]) -> None:
+        prefix, trial = job.key
+        record["schedule"] = config.schedule()
+        record["proxy_accuracy"], record["proxy_reward"] = trial.user_attrs["accuracy"], trial.user_attrs["reward"]
+        if record["status"] == "ok":
+            a = trial.user_attrs
+            record["reward"] = reward(record["accuracy"], a["normalized_step_time"], a["normalized_params"])
+        run.study.set_user_attr(f"{prefix}{trial.number}", record)
+        log(f"fidelity: trial {trial.number}{' (second seed)' if prefix == REPLICA_PREFIX else ''} {record['status']}"
+            + (f": accuracy {record['accuracy']:.4f} (proxy {record['proxy_accuracy']:.4f})" if record["status"] == "ok" else
+               f" ({record['failure_reason']})"))
 
-        try:
-            dataset_ref = ray.put(load_dataset(run.config.data))
-            remote = ray.remote(retrain).options(num_cpus=run.config.cpus_per_trial, num_gpus=run.config.gpus_per_trial, max_retries=0)
-            queue, in_flight, begin = list(todo), {}, time.monotonic()
-            while queue or in_flight:
-                while queue and len(in_flight) < config.concurrent:
-                    trial = queue.pop(0)
-                    seeded = asdict(replace(train, seed=trial.user_attrs.get("seed", train.seed)))
-                    in_flight[remote.remote(trial.user_attrs["spec"], dataset_ref, seeded, config.data_fraction,
-                                            run.config.gpus_per_trial > 0)] = trial
-                    log(f"fidelity: trial {trial.number} started: {short_name(trial.user_attrs['spec'])}, {config.epochs} epochs "
-                        f"at {config.image_size} px")
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                trial = in_flight.pop(ready[0])
-                try:
-                    record = ray.get(ready[0])
-                except Exception as error:  # a lost worker
-                    record = {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
-                record["schedule"] = config.schedule()
-                record["proxy_accuracy"], record["proxy_reward"] = trial.user_attrs["accuracy"], trial.user_attrs["reward"]
-                if record["status"] == "ok":
-                    a = trial.user_attrs
-                    record["reward"] = reward(record["accuracy"], a["normalized_step_time"], a["normalized_params"])
-                run.study.set_user_attr(f"{PREFIX}{trial.number}", record)
-                log(f"fidelity: trial {trial.number} {record['status']}"
-                    + (f": accuracy {record['accuracy']:.4f} (proxy {record['proxy_accuracy']:.4f})" if record["status"] == "ok" else
-                       f" ({record['failure_reason']})") + f"  [{len(todo) - len(queue) - len(in_flight)}/{len(todo)}, "
-                    f"{time.monotonic() - begin:.0f} s]")
-        finally:
-            if started:
-                ray.shutdown()
+    if jobs:
+        run_jobs(run, jobs, config.concurrent, done, log)
     return audit(run, config.schedule(), [t.number for t in picked])
 
 
@@ -217,9 +269,20 @@ def latest_rows(study: optuna.Study, results: dict[int, dict[str, Any]], schedul
     """Successful results of ``schedule`` (default: the longest stored), one row per trial, the backbone marked."""
     if schedule is None and results:
         schedule = max(results.values(), key=lambda r: r.get("schedule", {}).get("epochs", 0)).get("schedule")
+    from nas.scores import proxy_scores
+
     base = backbone_trial(study)
+    replicas = stored_results(study, REPLICA_PREFIX)
+    records = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
+
+    def replica_accuracy(number: int) -> float | None:
+        replica = replicas.get(number, {})
+        return replica.get("accuracy") if replica.get("schedule") == schedule and replica.get("status") == "ok" else None
+
     return [{"trial": number, "backbone": base is not None and number == base.number,
-             **{key: record.get(key) for key in ("proxy_accuracy", "accuracy", "proxy_reward", "reward", "train_seconds")}}
+             **{key: record.get(key) for key in ("proxy_accuracy", "accuracy", "proxy_reward", "reward", "train_seconds")},
+             "replica_accuracy": replica_accuracy(number),
+             "scores": proxy_scores(records.get(number, {"accuracy": record.get("proxy_accuracy")}))}
             for number, record in sorted(results.items())
             if record.get("schedule") == schedule and record.get("status") == "ok" and (numbers is None or number in numbers)]
 
@@ -233,8 +296,12 @@ def audit_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     search = [r for r in rows if not r["backbone"]]
     best = max(search, key=lambda r: r["proxy_reward"]) if search else None
     base = next((r for r in rows if r["backbone"]), None)
+    from nas.scores import SCORES
+
+    table = score_table({name: [(r.get("scores") or {}).get(name) for r in rows] for name in SCORES}, long_accuracy,
+                        [r.get("replica_accuracy") for r in rows], k=k)
     return {
-        "trials": rows,
+        "trials": rows, "ceiling": table["ceiling"], "scores": table["scores"],
         "kendall_tau_accuracy": _finite(kendall_tau(proxy_accuracy, long_accuracy)) if enough else None,
         "spearman_accuracy": _finite(spearman(proxy_accuracy, long_accuracy)) if enough else None,
         "kendall_tau_reward": _finite(kendall_tau(proxy_reward, long_reward)) if enough else None,
@@ -254,7 +321,8 @@ def audit(run: Run, schedule: dict[str, Any] | None = None, numbers: list[int] |
         schedule = max(results.values(), key=lambda r: r.get("schedule", {}).get("epochs", 0)).get("schedule")
     return {
         "run_dir": str(run.path), "schedule": schedule,
-        "proxy_schedule": {"epochs": run.config.train.epochs, "image_size": run.config.train.image_size, "data_fraction": 1.0},
+        "proxy_schedule": {"epochs": run.config.train.epochs, "image_size": run.config.train.image_size,
+                           "data_fraction": run.config.train.data_fraction},
         "failed": sorted(n for n, r in results.items() if r.get("schedule") == schedule and r.get("status") != "ok"),
         **audit_rows(rows),
     }
@@ -262,6 +330,25 @@ def audit(run: Run, schedule: dict[str, Any] | None = None, numbers: list[int] |
 
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value  # JSON has no NaN
+
+
+def score_lines(result: dict[str, Any]) -> list[str]:
+    """The ceiling and each proxy score against long accuracy, one line each (CLI, report, dashboard note)."""
+    def number(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    def interval(value: list[float] | None) -> str:
+        return "" if not value else f" [{value[0]:.2f}, {value[1]:.2f}]"
+
+    ceiling = result.get("ceiling")
+    lines = [f"seed ceiling: Kendall tau(long, long with another seed) {number(ceiling['kendall_tau'])}{interval(ceiling['interval'])} "
+             f"over {ceiling['trials']} trials" if ceiling else "seed ceiling: n/a (the long schedule ran once)"]
+    for name, row in (result.get("scores") or {}).items():
+        if row:
+            lines.append(f"score {name:<13} tau {number(row['kendall_tau'])}{interval(row['interval'])}, Spearman "
+                         f"{number(row['spearman'])}, top-{result['top_k']} overlap {number(row['top_k_overlap'])}, "
+                         f"{number(row['fraction_of_ceiling'])} of the ceiling")
+    return lines
 
 
 def summary_text(result: dict[str, Any]) -> str:
@@ -273,11 +360,12 @@ def summary_text(result: dict[str, Any]) -> str:
     lines = [f"fidelity of {result['run_dir']}: proxy {result['proxy_schedule']['epochs']} epochs at "
              f"{result['proxy_schedule']['image_size']} px vs long {schedule.get('epochs')} epochs at {schedule.get('image_size')} px "
              f"on {schedule.get('data_fraction')} of the data",
-             f"{'trial':>7} {'proxy A':>8} {'long A':>8} {'proxy R':>8} {'long R':>8}"]
+             f"{'trial':>7} {'proxy A':>8} {'long A':>8} {'long A2':>8} {'proxy R':>8} {'long R':>8}"]
     for r in result["trials"]:
         name = f"{r['trial']}{'*' if r['backbone'] else ''}"
-        lines.append(f"{name:>7} {r['proxy_accuracy']:>8.4f} {r['accuracy']:>8.4f} {r['proxy_reward']:>8.4f} {r['reward']:>8.4f}")
-    lines += ["(* the backbone)",
+        lines.append(f"{name:>7} {r['proxy_accuracy']:>8.4f} {r['accuracy']:>8.4f} {number(r.get('replica_accuracy')):>8} "
+                     f"{r['proxy_reward']:>8.4f} {r['reward']:>8.4f}")
+    lines += ["(* the backbone; long A2: the long schedule again with another seed)", *score_lines(result),
               f"accuracy: Kendall tau {number(result['kendall_tau_accuracy'])}, Spearman {number(result['spearman_accuracy'])}",
               f"reward:   Kendall tau {number(result['kendall_tau_reward'])}, Spearman {number(result['spearman_reward'])}; "
               f"top-{result['top_k']} overlap {number(result['top_k_overlap_reward'])}"]

@@ -245,7 +245,10 @@ def fidelity_html(run: Run) -> str:
     if result["best_beats_backbone_long"] is not None:
         text += (f" The best proxy trial ({result['best_proxy_trial']}) "
                  f"{'beats' if result['best_beats_backbone_long'] else 'does not beat'} the backbone on the long schedule.")
-    return text + "</p>" + _img(fidelity_plot(result["trials"]), "proxy fidelity: proxy vs long-schedule accuracy and reward")
+    from runners.fidelity import score_lines
+
+    text += "</p><ul id='ceiling'>" + "".join(f"<li>{html.escape(line)}</li>" for line in score_lines(result)) + "</ul>"
+    return text + _img(fidelity_plot(result["trials"]), "proxy fidelity: proxy vs long-schedule accuracy and reward")
 
 
 def write_report(run: Run, output: str | Path) -> Path:

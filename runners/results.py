@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,16 @@ from runners.study import Run, best_scored, raw_metrics, scored_trials, trial_sp
 from runners.yardstick import against_backbone
 
 
-def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any]]:
-    """Re-rank the finished trials under another reward from their stored raw metrics (no training).
+def rescore(run: Run, name: str = "paper", score: str = "accuracy", **options: Any) -> list[dict[str, Any]]:
+    """Re-rank the finished trials under another reward and proxy score from their stored records (no training).
 
-    Returns one row per trial, best first: number, old/new reward, old/new rank, spec key.
+    ``score`` (:data:`nas.scores.SCORES`, derived from each trial's curve) is A in the reward when it
+    is accuracy-like; any other score ranks the trials by itself (the reward then uses the final accuracy).
+    Returns one row per trial, best first: number, old/new reward, the score, old/new rank, spec key.
     """
+    from nas.scores import ACCURACY_SCORES, SCORES, check_score, proxy_scores
+
+    check_score(score, SCORES)
     try:
         reward = get_reward(name, **options)
     except RewardError as error:
@@ -31,12 +37,17 @@ def rescore(run: Run, name: str = "paper", **options: Any) -> list[dict[str, Any
     # ties broken by trial number, so equal rewards keep a stable order
     old_order = sorted(trials, key=lambda t: (-t.user_attrs["reward"], t.number))
     old_rank = {t.number: i for i, t in enumerate(old_order, 1)}
-    new_value = {t.number: reward(t.user_attrs["accuracy"], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"])
+    scores = {t.number: proxy_scores(t.user_attrs)[score] for t in trials}
+    a_of = {t.number: scores[t.number] if score in ACCURACY_SCORES and scores[t.number] is not None else t.user_attrs["accuracy"]
+            for t in trials}
+    new_value = {t.number: reward(a_of[t.number], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"])
                  for t in trials}
-    new_order = sorted(trials, key=lambda t: (-new_value[t.number], t.number))
+    key = (lambda n: new_value[n]) if score in ACCURACY_SCORES else (lambda n: -math.inf if scores[n] is None else scores[n])
+    new_order = sorted(trials, key=lambda t: (-key(t.number), t.number))
     return [
         {"rank": i, "number": t.number, "old_rank": old_rank[t.number], "rank_change": old_rank[t.number] - i,
-         "reward": new_value[t.number], "old_reward": t.user_attrs["reward"], **raw_metrics(t), "spec_key": t.user_attrs.get("spec_key")}
+         "reward": new_value[t.number], "old_reward": t.user_attrs["reward"], **raw_metrics(t), "score": scores[t.number],
+         "spec_key": t.user_attrs.get("spec_key")}
         for i, t in enumerate(new_order, 1)
     ]
 

@@ -93,6 +93,9 @@ def _write_run_config(config: SweepConfig) -> None:
 
 
 # ---- the study as the authority ----------------------------------------------------------------
+LATER_TRAIN_DEFAULTS = {"data_fraction": 1.0, "score": "accuracy"}  # train settings added after studies were stored
+
+
 def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpace) -> dict[str, Any]:
     """The settings that define a sweep (all drivers of one study must agree on them), JSON-normalized.
 
@@ -104,7 +107,8 @@ def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpa
     data = config.data
     if data != "digits" and Path(data).exists():
         data = str(Path(data).resolve())  # the same data spelled another way is the same sweep
-    train = {k: v for k, v in asdict(config.train).items() if k not in ("seed", "threads")}  # per trial / per machine
+    train = {k: v for k, v in asdict(config.train).items() if k not in ("seed", "threads")  # per trial / per machine
+             and LATER_TRAIN_DEFAULTS.get(k, object()) != v}  # at its default, a later setting is left out: older studies resume
     settings = {"data": data, "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
                 "objective": config.objective, "pruner": config.pruner, "train": train, "timing": asdict(config.timing)}
     return json.loads(json.dumps(settings))

@@ -23,13 +23,32 @@ TrialState = optuna.trial.TrialState
 Distribution = optuna.distributions.BaseDistribution
 
 
+MAX_CHOICES = 10_000  # a grid larger than this is sampled as a range, not as a list of choices
+
+
 def choices_of(distribution: Distribution) -> tuple[Any, ...] | None:
-    """The finite choice list of a categorical or (linear) integer distribution; None for anything else."""
+    """The finite choice list of a categorical distribution or a linear grid (int, or float with ``step``).
+
+    None for anything else (continuous or log-scaled ranges, grids over ``MAX_CHOICES`` points).
+    """
     if isinstance(distribution, optuna.distributions.CategoricalDistribution):
         return tuple(distribution.choices)
-    if isinstance(distribution, optuna.distributions.IntDistribution) and not distribution.log:
-        return tuple(range(distribution.low, distribution.high + 1, distribution.step))
+    numeric = (optuna.distributions.IntDistribution, optuna.distributions.FloatDistribution)
+    if not isinstance(distribution, numeric) or distribution.log:
+        return None
+    step = distribution.step
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        count = (distribution.high - distribution.low) // distribution.step + 1
+        return tuple(range(distribution.low, distribution.high + 1, distribution.step)) if count <= MAX_CHOICES else None
+    if step is not None:  # a float grid
+        count = int(round((distribution.high - distribution.low) / step)) + 1  # Optuna adjusts high onto the grid
+        return tuple(_on_grid(distribution, i) for i in range(count)) if count <= MAX_CHOICES else None
     return None
+
+
+def _on_grid(distribution: Distribution, index: int) -> float:
+    """The ``index``-th point ``low + index * step`` of a float grid, as a Python float kept inside [low, high]."""
+    return float(min(distribution.high, max(distribution.low, distribution.low + index * distribution.step)))
 
 
 def trial_reward(trial: optuna.trial.FrozenTrial, directions: list[optuna.study.StudyDirection]) -> float | None:
@@ -70,17 +89,21 @@ def rng_for(seed: int, number: int, name: str = "") -> np.random.Generator:
 
 
 def random_value(distribution: Distribution, rng: np.random.Generator) -> Any:
-    """A uniform draw from ``distribution`` (finite choices, or a float range)."""
+    """A draw from ``distribution`` with a Python type, inside it: uniform over choices or grids, log-uniform on log scales."""
     choices = choices_of(distribution)
     if choices is not None:
         return choices[int(rng.integers(len(choices)))]
+    low, high = distribution.low, distribution.high
     if isinstance(distribution, optuna.distributions.FloatDistribution):
-        low, high = distribution.low, distribution.high
+        if distribution.step is not None:  # a grid too large to list
+            return _on_grid(distribution, int(rng.integers(int(round((high - low) / distribution.step)) + 1)))
+        value = math.exp(rng.uniform(math.log(low), math.log(high))) if distribution.log else rng.uniform(low, high)
+        return float(min(high, max(low, value)))
+    if isinstance(distribution, optuna.distributions.IntDistribution):
         if distribution.log:
-            return float(math.exp(rng.uniform(math.log(low), math.log(high))))
-        return float(rng.uniform(low, high))
-    if isinstance(distribution, optuna.distributions.IntDistribution):  # log-scaled integers
-        return int(round(math.exp(rng.uniform(math.log(distribution.low), math.log(distribution.high)))))
+            value = int(round(math.exp(rng.uniform(math.log(low - 0.5), math.log(high + 0.5)))))  # each integer its log-width
+            return int(min(high, max(low, value)))
+        return int(low + distribution.step * int(rng.integers((high - low) // distribution.step + 1)))
     raise ValueError(f"unsupported distribution {distribution!r}")
 
 
@@ -103,9 +126,15 @@ class HistorySampler(optuna.samplers.BaseSampler):
 
     def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                         search_space: dict[str, Distribution]) -> dict[str, Any]:
-        proposal = self.propose(study, trial, search_space)
+        """The proposal over the finite parameters of ``search_space``; ranges (no choice list) are drawn independently."""
+        finite = {name: d for name, d in search_space.items() if choices_of(d) is not None}
+        proposal = self.propose(study, trial, finite)
         self._proposals[(study.study_name, trial.number)] = proposal
-        return {name: proposal[name] for name in search_space if name in proposal}
+        values = {name: proposal[name] for name in finite if name in proposal and _contains(finite[name], proposal[name])}
+        for name, distribution in search_space.items():
+            if name not in values:
+                values[name] = self.independent_value(study, trial, name, distribution)
+        return values
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
                            param_distribution: Distribution) -> Any:
@@ -126,9 +155,15 @@ class HistorySampler(optuna.samplers.BaseSampler):
 
 
 def _contains(distribution: Distribution, value: Any) -> bool:
-    choices = choices_of(distribution)
-    if choices is not None:
-        return value in choices
-    if isinstance(distribution, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
-        return isinstance(value, (int, float)) and distribution.low <= value <= distribution.high
+    """Whether ``value`` is one ``distribution`` can return: a choice, or a number in range and on its grid."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return value in distribution.choices
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return float(value).is_integer() and distribution.low <= value <= distribution.high and \
+            (distribution.log or (value - distribution.low) % distribution.step == 0)
+    if isinstance(distribution, optuna.distributions.FloatDistribution):
+        k = (value - distribution.low) / distribution.step if distribution.step else 0.0
+        return distribution.low <= value <= distribution.high and abs(k - round(k)) < 1e-8
     return False

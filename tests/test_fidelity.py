@@ -1,14 +1,16 @@
 """The backbone yardstick and ``nas fidelity`` on a real small sweep; the rank statistics against scipy."""
 
 import json
-import random
+import math
 import re
 
 import pytest
 from scipy import stats
 
+from nas.errors import InputError
 from nas.spec import NetworkSpec
-from runners.fidelity import PREFIX, kendall_tau, spearman, top_k_overlap
+from runners import fidelity
+from runners.fidelity import PREFIX, REPLICA_PREFIX, fraction_of, kendall_tau, score_table, spearman, tau_interval, top_k_overlap
 from runners.study import backbone_trial, best_scored, open_run, scored_trials
 from tests.conftest import assert_one_line_error, run_nas
 
@@ -23,15 +25,56 @@ def test_rank_statistics_hand_computed():
     assert top_k_overlap([0.9, 0.8, 0.1, 0.2], [0.7, 0.1, 0.9, 0.2], 2) == 0.5
 
 
-def test_rank_statistics_match_scipy_with_ties():
-    rng = random.Random(0)
-    for size in (2, 3, 5, 8, 13):
-        x = [rng.choice([0.1, 0.2, 0.3, 0.5, 0.8]) for _ in range(size)]
-        y = [rng.choice([1, 2, 3, 4]) + rng.random() * (i % 2) for i in range(size)]
-        if len(set(x)) < 2 or len(set(y)) < 2:
-            continue
-        assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
-        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+def test_ceiling_fraction_and_bootstrap_interval_on_planted_data_with_ties():
+    long = [0.50, 0.60, 0.60, 0.70, 0.80, 0.90]  # a tie in the long schedule
+    replica = [0.52, 0.58, 0.65, 0.75, 0.74, 0.91]  # the same architectures, another seed: one swap
+    proxy = {"perfect": [1, 2, 3, 4, 5, 6], "tied": [0.1, 0.1, 0.2, 0.2, 0.3, 0.3], "missing": [None, None, 1.0, None, None, None]}
+    table = score_table(proxy, long, replica, k=2)
+    # tau-b with the tie in `long`: 13 concordant, 1 discordant, 1 pair tied in long only -> 12 / sqrt(15 * 14)
+    ceiling = table["ceiling"]
+    assert ceiling["kendall_tau"] == pytest.approx(12 / math.sqrt(15 * 14)) == pytest.approx(stats.kendalltau(long, replica).statistic)
+    assert ceiling["trials"] == 6
+    perfect = table["scores"]["perfect"]  # a tie in long only: 14 concordant of 15 pairs, tau-b = 14 / sqrt(15 * 14)
+    assert perfect["kendall_tau"] == pytest.approx(14 / math.sqrt(15 * 14))
+    assert perfect["fraction_of_ceiling"] == pytest.approx(14 / 12)  # above the ceiling: the ceiling is a noisy estimate too
+    tied = table["scores"]["tied"]  # ties on both sides: scipy's tau-b
+    assert tied["kendall_tau"] == pytest.approx(stats.kendalltau(proxy["tied"], long).statistic)
+    assert tied["fraction_of_ceiling"] == pytest.approx(tied["kendall_tau"] / ceiling["kendall_tau"])
+    assert tied["spearman"] == pytest.approx(stats.spearmanr(proxy["tied"], long).statistic)
+    assert table["scores"]["missing"] is None  # fewer than 2 values: no statistic
+    for row in (ceiling, perfect, tied):
+        low, high = row["interval"]
+        assert -1 <= low <= row["kendall_tau"] <= high <= 1 and high - low > 0.05  # six points: a wide interval
+    assert tau_interval(proxy["tied"], long) == tied["interval"]  # seeded: the same interval every time
+    assert tau_interval([1, 2, 3, 4, 5, 6, 7, 8], [2, 4, 6, 8, 10, 12, 14, 16]) == [pytest.approx(1.0), pytest.approx(1.0)]
+    once = score_table({"missing": proxy["missing"]}, long, None)  # the long schedule ran once: no ceiling, no fraction
+    assert once["ceiling"] is None and once["scores"]["missing"] is None
+    assert fraction_of(0.3, {"kendall_tau": -0.1}) is None  # no positive ceiling: no fraction
+
+
+def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
+    from nas.scores import proxy_scores
+    from nas.timing import TimingConfig
+    from nas.train import TrainConfig
+    from nas.zoo import get
+    from runners.evaluate import evaluate_candidate
+
+    config = TrainConfig(epochs=2, image_size=16, batch_size=32, data_fraction=0.1, score="best_accuracy", threads=1)
+    record = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", config, TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3),
+                                lock=False)
+    curve = record["curve"]
+    assert record["status"] == "ok" and len(curve) == 2
+    full = round(1797 * 0.8)  # digits, 20 % held out for validation
+    assert all(epoch["images"] <= full // 10 for epoch in curve)  # the proxy trained on a tenth of the training split
+    assert record["accuracy"] == max(e["val_accuracy"] for e in curve) and record["final_accuracy"] == curve[-1]["val_accuracy"]
+    scores = proxy_scores(record)
+    assert scores == {"accuracy": curve[-1]["val_accuracy"], "best_accuracy": record["accuracy"], "val_loss": -curve[-1]["val_loss"],
+                      "sotl": -(curve[0]["train_loss"] + curve[1]["train_loss"]), "sotl_last": -curve[-1]["train_loss"]}
+    assert proxy_scores({"accuracy": 0.5}) == {"accuracy": 0.5, "best_accuracy": None, "val_loss": None, "sotl": None, "sotl_last": None}
+    with pytest.raises(InputError, match="score"):
+        TrainConfig(score="sotl")  # not accuracy-like: cannot be A in the reward
+    with pytest.raises(InputError, match="data_fraction"):
+        TrainConfig(data_fraction=0)
 
 
 @pytest.mark.slow
@@ -59,6 +102,9 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     rescore = run_nas("rescore", tmp_path / "fid", "--json").json()["backbone"]
     assert rescore["backbone"]["trial"] == 0 and rescore["trials"] == 4
     assert "backbone (trial 0)" in run_nas("rescore", tmp_path / "fid").out
+    by_sotl = run_nas("rescore", tmp_path / "fid", "--score", "sotl", "--json").json()["trials"]  # any score, from the stored curves
+    assert [r["score"] for r in by_sotl] == sorted((r["score"] for r in by_sotl), reverse=True) and all(r["score"] < 0 for r in by_sotl)
+    assert_one_line_error(run_nas("rescore", tmp_path / "fid", "--score", "speed"), "score")
     export = run_nas("export", tmp_path / "fid", "-o", tmp_path / "arch.json")
     assert export.code == 0, export.err
     against = json.loads((tmp_path / "arch.json").read_text())["provenance"]["against_backbone"]
@@ -80,20 +126,40 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
             assert audit[f"kendall_tau_{name}"] == pytest.approx(stats.kendalltau(x, y).statistic)
             assert audit[f"spearman_{name}"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert rows[0]["accuracy"] >= 0 and audit["best_beats_backbone_long"] in (True, False)
+    replicas = {int(k[len(REPLICA_PREFIX):]): v for k, v in run.study.user_attrs.items() if k.startswith(REPLICA_PREFIX)}
+    assert sorted(replicas) == sorted(numbers)  # the long schedule a second time, another seed: the ceiling
+    assert all(replicas[n]["seed"] == stored[n]["seed"] + 1 and replicas[n]["schedule"] == stored[n]["schedule"] for n in numbers)
+    assert audit["ceiling"]["trials"] == 3 and set(audit["scores"]) == {"accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last"}
+    assert "seed ceiling: Kendall tau" in fidelity.summary_text(audit) and "score sotl " in fidelity.summary_text(audit)
 
     again = run_nas("fidelity", tmp_path / "fid", "--trials", "3", "--epochs", "2", "--json")  # resumable: nothing retrained
     assert again.code == 0 and "0 to go" in again.err and again.json()["trials"] == audit["trials"]
+    assert again.json()["ceiling"] == audit["ceiling"]
 
     report = run_nas("report", tmp_path / "fid", "-o", tmp_path / "r.html")
     assert report.code == 0, report.err
     page = (tmp_path / "r.html").read_text()
-    assert "Proxy fidelity" in page and "Backbone yardstick" in page and "<table id='yardstick'>" in page
+    assert "Proxy fidelity" in page and "seed ceiling" in page and "Backbone yardstick" in page and "<table id='yardstick'>" in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # reward, Pareto, choices, fidelity scatter
 
     from runners.dashboard import nas_study_note, refresh_figures
 
     assert set(refresh_figures(run.study)) == {"nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity"}
     note = nas_study_note(run.study, run.config.reward)
-    assert "Backbone yardstick: trial 0" in note and "Proxy fidelity" in note
+    assert "Backbone yardstick: trial 0" in note and "Proxy fidelity" in note and "noise ceiling" in note
 
     assert_one_line_error(run_nas("fidelity", tmp_path / "fid", "--data-fraction", "0"), "data_fraction")
+
+    # nas calibrate on the same run: the long schedule (both seeds) is the one fidelity stored, only the grid trains
+    args = ["calibrate", tmp_path / "fid", "--trials", "3", "--epochs", "1", "--image-sizes", "16", "--data-fractions", "0.5,1",
+            "--long-epochs", "2", "--long-image-size", "16", "--json"]
+    calibrated = run_nas(*args)
+    assert calibrated.code == 0, calibrated.err
+    assert "6 retrainings already done with this schedule, 0 to go" in calibrated.err and "6 trainings to go" in calibrated.err
+    result = calibrated.json()
+    assert {(r["setting"]["data_fraction"], r["score"]) for r in result["table"]} <= {(f, s) for f in (0.5, 1.0) for s in audit["scores"]}
+    assert all(r["cost"] > 0 and r["relative_cost"] > 0 for r in result["table"]) and (tmp_path / "fid" / "calibration.png").exists()
+    assert result["ceiling"] == audit["ceiling"] and (result["recommended"] is None) == (result["snippet"] is None)
+    again = run_nas(*args)  # resumable: nothing trains
+    assert again.code == 0 and "0 trainings to go" in again.err and again.json()["table"] == result["table"]
+    assert_one_line_error(run_nas("calibrate", tmp_path / "fid", "--target", "2"), "target")

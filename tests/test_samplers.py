@@ -108,3 +108,75 @@ def test_sampler_names_and_validation():
         RegularizedEvolutionSampler(population=3, sample=5)
     with pytest.raises(InputError, match="sampler"):
         make_sampler("annealing")
+
+
+# ---- Optuna's sampler contract, over every distribution type (as Optuna's own sampler tests enumerate them) ----
+FloatD, IntD, CatD = optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution, optuna.distributions.CategoricalDistribution
+DISTRIBUTIONS = {
+    "float": FloatD(-1.0, 1.0), "float_point": FloatD(0.5, 0.5), "float_step": FloatD(-1.0, 1.0, step=0.1),
+    "float_step_odd": FloatD(0.0, 0.9, step=0.3), "float_log": FloatD(1e-7, 1.0, log=True),
+    "float_fine_grid": FloatD(0.0, 1.0, step=1e-6),  # too many points to list: drawn as a range, still on the grid
+    "int": IntD(-10, 10), "int_step": IntD(-10, 8, step=3), "int_log": IntD(1, 100, log=True), "int_point": IntD(3, 3),
+    "int_wide": IntD(0, 10**9),  # too many to list: drawn as a range
+    "cat_str": CatD(["a", "b", "c"]), "cat_mixed": CatD([None, 1, 2.5, "x", True]),
+}
+
+
+def _check(distribution, value) -> None:
+    """Inside the distribution, on its grid, and with the Python type Optuna's own samplers return."""
+    assert distribution._contains(distribution.to_internal_repr(value)), (distribution, value)
+    if isinstance(distribution, FloatD):
+        assert type(value) is float
+    elif isinstance(distribution, IntD):
+        assert type(value) is int
+    else:
+        assert any(value is c or (type(value) is type(c) and value == c) for c in distribution.choices)
+
+
+def _suggest(trial, key, d):
+    """The public suggest call for distribution ``d``."""
+    if isinstance(d, FloatD):
+        return trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+    if isinstance(d, IntD):
+        return trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_categorical(key, d.choices)
+
+
+def _small(name):
+    return RegularizedEvolutionSampler(seed=1, population=4, sample=2) if name == "evolution" else make_sampler(name, seed=1)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_sample_independent_keeps_every_distribution_type(name):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=_small(name))
+
+    def objective(trial):
+        values = {key: _suggest(trial, key, d) for key, d in DISTRIBUTIONS.items()}
+        return sum(float(v) for v in values.values() if isinstance(v, (int, float)))
+
+    study.optimize(objective, n_trials=30)  # past the initial population: history-driven proposals too
+    for trial in study.trials:
+        for key, distribution in DISTRIBUTIONS.items():
+            _check(distribution, trial.params[key])
+    assert len({t.params["float_step"] for t in study.trials}) > 3
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("kind", ["numerical", "categorical", "mixed"])
+def test_sample_relative_handles_numerical_categorical_and_mixed_spaces(name, kind):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    keys = {"numerical": [k for k in DISTRIBUTIONS if not k.startswith("cat")],
+            "categorical": [k for k in DISTRIBUTIONS if k.startswith("cat")], "mixed": list(DISTRIBUTIONS)}[kind]
+    space = {k: DISTRIBUTIONS[k] for k in keys}
+    sampler = _small(name)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for number in range(8):  # scored history, so evolution mutates and rl has learned logits
+        trial = study.ask()
+        values = sampler.sample_relative(study, study.get_trials(deepcopy=False)[-1], space)
+        assert set(values) == set(space)  # every parameter drawn here, numerical ones included: never a TypeError
+        for key, value in values.items():
+            _check(space[key], value)
+            _suggest(trial, key, space[key])
+        study.tell(trial, float(number % 3))
+    assert sampler.infer_relative_search_space(study, study.trials[-1]).keys() <= set(space)
