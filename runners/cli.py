@@ -524,7 +524,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIGTERM_SEEN: list[int] = []  # Ray turns an exception raised in ray.wait into a plain KeyboardInterrupt: remember the signal
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    _SIGTERM_SEEN.append(signum)
     raise Terminated
 
 
@@ -547,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nas {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        terminated = isinstance(interrupt, Terminated)
+        terminated = isinstance(interrupt, Terminated) or bool(_SIGTERM_SEEN)
         print(f"nas {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except SystemExit as exit_:

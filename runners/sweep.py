@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -99,10 +100,16 @@ def init_ray(config: SweepConfig) -> bool:
     if config.address and config.address != "auto":
         check_address(config.address)
     kwargs: dict[str, Any] = dict(include_dashboard=config.ray_dashboard, log_to_driver=False, logging_level="WARNING")
+    main = threading.current_thread() is threading.main_thread()
+    ours = signal.getsignal(signal.SIGTERM) if main else None
     if config.address:
         ray.init(address=config.address, **kwargs)
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
+    if main and callable(ours):
+        # ray.init replaces the SIGTERM handler (its local node kills itself and exits 1; its core worker adds a crash
+        # dump that aborts): ours again, so SIGTERM stops the driver like Ctrl-C (the cleanup runs, exit 143)
+        signal.signal(signal.SIGTERM, ours)
     return True
 
 
@@ -473,6 +480,9 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
                          dataset.num_classes, progress, driver)
     try:
         driver_run.loop()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: hand this driver's trials over now rather than after the grace period
+        driver_run.release(requeue_stale(config.max_retries, [0]))
+        raise
     finally:
         heartbeat.close()
         if started_ray:
@@ -676,6 +686,19 @@ class _Driver:
         key = record.get("spec_key", flight.spec.key())
         reward = record.get("reward") if state == TrialState.COMPLETE else None
         self.ledger.absorb(Seen(number, state, key, record.get("failure_reason"), flight.attempt, flight.trial.user_attrs.get("role"), reward))
+
+    def release(self, requeue: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]) -> None:
+        """Interrupted: store this driver's in-flight trials FAIL ``interrupted`` and queue them again, as a stale trial is."""
+        for number, flight in list(self.mine.items()):
+            self.heartbeat.remove(flight.trial_id)
+            try:
+                self.study.tell(flight.trial, state=TrialState.FAIL)  # its failure_reason says interrupted since the ask
+                requeue(self.study, self.ledger.fetch(number))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # recovered by another driver already
+            except Exception as error:  # storage gone too: the trial goes stale and the next driver recovers it
+                self.progress.log(f"warning: trial {number} left for recovery after the grace period: {type(error).__name__}")
+        self.mine.clear()
 
     def answer(self, number: int, source: optuna.trial.FrozenTrial) -> None:
         """Finish ``number`` with the record of ``source``, a finished trial of the same architecture."""
