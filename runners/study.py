@@ -30,10 +30,68 @@ def quiet_optuna() -> None:
 
 
 SCHEMA_RACE = ("UNIQUE constraint failed", "already exists", "duplicate key")
+STORAGE_RETRY_SECONDS = 300.0  # how long a storage call is retried through a database restart or a lost connection
+
+
+class StorageLost(RuntimeError):
+    """The storage stayed unreachable for longer than the retry bound."""
+
+
+def transient(error: BaseException) -> bool:
+    """A storage error worth retrying: a lost connection, a server restarting, SQLite busy (``database is locked``)."""
+    from sqlalchemy import exc
+
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    return isinstance(cause, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError)) or \
+        (isinstance(cause, exc.DBAPIError) and cause.connection_invalidated)
+
+
+class RetryingStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose calls are retried with backoff for up to ``retry_seconds`` on transient errors.
+
+    A call that keeps failing past the bound raises :class:`StorageLost`. A retried write that reached the
+    database before its connection dropped is safe: a second ``tell`` raises Optuna's
+    ``UpdateFinishedTrialError`` (never a second result), a second attribute write stores the same value.
+    """
+
+    retry_seconds = STORAGE_RETRY_SECONDS
+    on_retry = None  # called with a one-line note the first time a call is retried
+
+
+def _retrying(method):
+    def call(self, *args, **kwargs):
+        deadline, delay, noted = time.monotonic() + self.retry_seconds, 0.2, False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as error:
+                if not transient(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    reason = scrub(str(getattr(error, "__cause__", None) or error).splitlines()[0])
+                    raise StorageLost(f"storage unreachable for {self.retry_seconds:g} s ({reason}); "
+                                      f"the next driver recovers this driver's trials") from None
+                if not noted and self.on_retry is not None:
+                    self.on_retry(f"storage: {type(error).__name__}; retrying for up to {self.retry_seconds:g} s")
+                    noted = True
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    call.__name__, call.__doc__ = method.__name__, method.__doc__
+    return call
+
+
+for _name in ("create_new_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name", "get_study_name_from_id",
+              "get_study_directions", "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "_create_new_trial",
+              "_set_trial_param", "get_trial_id_from_study_id_trial_number", "_get_best_trial_id", "set_trial_state_values",
+              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial", "_get_trials",
+              "record_heartbeat", "_get_stale_trial_ids"):  # every call Optuna's study makes (get_all_trials calls _get_trials)
+    if hasattr(optuna.storages.RDBStorage, _name):
+        setattr(RetryingStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                stale_callback=None) -> optuna.storages.RDBStorage:
+                stale_callback=None) -> RetryingStorage:
     """An RDB storage; SQLite gets a long busy timeout since several processes write to it.
 
     The sweep driver passes heartbeat settings (and what to do with a stale trial); readers do not.
@@ -45,7 +103,7 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+                return RetryingStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
                                                   grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
         except Exception as error:
             # drivers started together on a new database race to create Optuna's tables: the loser sees them

@@ -281,6 +281,7 @@ class Ledger:
         self.active: dict[int, Seen] = {}  # RUNNING and WAITING trials at the last refresh
         self.ids: dict[int, int] = {}  # number -> storage trial id
         self.horizon = -1  # every number up to here is finished-known or active
+        self.unclaimed: dict[int, float] = {}  # RUNNING trial without a claim -> monotonic time this driver first saw it so
         for trial in study.get_trials(deepcopy=False):  # once, at start-up
             self.horizon = max(self.horizon, trial.number)
             if trial.state.is_finished():
@@ -335,6 +336,12 @@ class Ledger:
                 self.see(trial, current)
             self.horizon = number
         self.active = current
+        now = time.monotonic()
+        self.unclaimed = {n: self.unclaimed.get(n, now) for n, s in current.items() if s.state == TrialState.RUNNING and s.key is None}
+
+    def unclaimed_for(self, number: int) -> float:
+        """Seconds this driver has seen trial ``number`` RUNNING without a claim (a duration on this host's clock; 0 if claimed)."""
+        return time.monotonic() - self.unclaimed[number] if number in self.unclaimed else 0.0
 
     def see(self, trial: optuna.trial.FrozenTrial, current: dict[int, Seen]) -> None:
         if trial.state.is_finished():
@@ -448,6 +455,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     if config.storage is None:
         private_dir(config.run_dir)  # the default SQLite study lives there
     storage = _open_storage(config, requeue_stale(config.max_retries, recovered))
+    storage.on_retry = progress.log
     driver = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     extra = {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
              "objective": config.objective, "data": config.data}
@@ -547,6 +555,7 @@ class _Driver:
             now = time.monotonic()
             if now >= self.next_stale_check:
                 optuna.storages.fail_stale_trials(self.study)
+                self.fail_unclaimed()
                 self.next_stale_check = now + self.config.heartbeat_interval
             self.ledger.refresh()
             changed = False
@@ -574,9 +583,34 @@ class _Driver:
             if ready:
                 self.show()
 
+    def fail_unclaimed(self) -> None:
+        """Recover trials whose driver died between ``ask`` and its first heartbeat (Optuna's check skips them).
+
+        A trial is claimed (``spec_key``) right after its first heartbeat is recorded, within milliseconds of
+        its ask; one seen RUNNING unclaimed for longer than ``grace_period`` has no driver, and is failed
+        ``interrupted`` and queued again as a stale trial is.
+        """
+        callback = self.ledger.storage.get_heartbeat_stale_trial_callback()
+        for number in list(self.ledger.unclaimed):
+            waited = self.ledger.unclaimed_for(number)
+            if number in self.mine or waited <= self.config.grace_period:
+                continue
+            trial_id = self.ledger.trial_id(number)
+            try:
+                self.ledger.storage.set_trial_user_attr(trial_id, "failure_reason", INTERRUPTED)
+                if not self.ledger.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # claimed or recovered meanwhile
+            self.progress.log(f"trial {number}: no heartbeat {waited:.0f} s after its ask (its driver died); recovered")
+            if callback is not None:
+                callback(self.study, self.ledger.fetch(number))
+
     def start_one(self) -> bool:
         """Ask one trial, claim its architecture; train it, wait for its twin, or answer it now."""
         trial = self.study.ask()
+        if os.environ.get("NAS_TEST_KILL_AFTER_ASK"):  # test hook: a driver dying before its trial's first heartbeat
+            os.kill(os.getpid(), signal.SIGKILL)
         trial_id = self.ledger.storage.get_trial_id_from_study_id_trial_number(self.ledger.study_id, trial.number)
         self.ledger.note_asked(trial.number, trial_id)
         self.heartbeat.add(trial_id)
@@ -603,8 +637,8 @@ class _Driver:
             return True
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         while True:  # lower-numbered trials asked a moment ago and still writing their claim: wait until it is visible
-            recent = time.time() - CLAIM_WAIT_SECONDS
-            pending = [s for s in self.ledger.running() if s.number < number and s.key is None and s.started > recent]
+            pending = [s for s in self.ledger.running()
+                       if s.number < number and s.key is None and self.ledger.unclaimed_for(s.number) < CLAIM_WAIT_SECONDS]
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
