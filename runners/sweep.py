@@ -57,6 +57,7 @@ from search_spaces import SearchSpace, make_sampler
 INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"  # stored at ask; replaced at tell
 SURPLUS = "surplus: another driver filled the last slot of the sweep first"
 TIMEOUT = "timeout: the trial ran longer than trial_timeout"
+DRIVER_SETTINGS = ("n_trials", "max_retries", "heartbeat_interval", "grace_period", "trial_timeout")  # stored; later drivers adopt them
 SEARCH_SETTINGS = ("data", "backbone", "space", "reward", "objective", "pruner", "train", "timing")
 NOT_COPIED = ("seed", "reused_from", "retry_of", "attempt", "driver", "role")  # per-trial attributes of a duplicate
 CLAIM_WAIT_SECONDS = 30.0  # a trial asked longer ago than this without a claim is not waited for
@@ -171,7 +172,8 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, setting
         # the yardstick before the settings: a driver that loads the study waits for the settings, so it finds the
         # backbone already queued and does not queue a second one
         ensure_backbone_trial(study, space)
-        for key, value in {**extra, "search": settings}.items():
+        drivers = {key: getattr(config, key) for key in DRIVER_SETTINGS}
+        for key, value in {**extra, "drivers": drivers, "search": settings}.items():
             study.set_user_attr(key, json.loads(json.dumps(value)))
         return study, True
     # a per-driver sampler seed: drivers that share a study draw different proposals
@@ -191,6 +193,25 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, setting
         raise InputError(f"study {config.name!r} was created with another {', '.join(changed)}; this driver's settings differ "
                          f"(nothing changed in the study); use the study's settings or another --name")
     return study, False
+
+
+def adopt_driver_settings(config: SweepConfig, study: optuna.Study, log: Callable[[str], None]) -> SweepConfig:
+    """``config`` with the study's ``n_trials``, ``max_retries``, ``heartbeat_interval``, ``grace_period``, ``trial_timeout``.
+
+    Every driver of a study works with the same values (a shorter grace period would fail other drivers' live
+    trials; "exactly N finished" needs one N): the creator's, stored with the search settings. A later driver
+    that names others says so in one line and adopts the study's. A study from before they were stored gets ours.
+    """
+    stored = study.user_attrs.get("drivers")
+    if not isinstance(stored, dict):
+        study.set_user_attr("drivers", {key: getattr(config, key) for key in DRIVER_SETTINGS})
+        return config
+    adopted = replace(config, **{key: stored[key] for key in DRIVER_SETTINGS if key in stored})
+    changed = [f"{key}={getattr(adopted, key):g} (not {getattr(config, key):g})" for key in DRIVER_SETTINGS
+               if getattr(adopted, key) != getattr(config, key)]
+    if changed:
+        log(f"study {config.name!r} runs with {', '.join(changed)}: adopted from the study, as every driver of it does")
+    return adopted
 
 
 # ---- liveness ------------------------------------------------------------------------------------
@@ -460,6 +481,10 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     extra = {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
              "objective": config.objective, "data": config.data}
     study, created = open_study(config, storage, settings, extra, driver, space)  # refuses other settings before any write
+    config = adopt_driver_settings(config, study, progress.log)
+    progress.total = config.n_trials
+    storage.heartbeat_interval, storage.grace_period = config.heartbeat_interval, config.grace_period
+    storage.heartbeat_stale_trial_callback = requeue_stale(config.max_retries, recovered)
     _write_run_config(config)
     optuna.storages.fail_stale_trials(study)
     if recovered[0]:

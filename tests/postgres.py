@@ -52,7 +52,7 @@ class PostgresServer:
         if not down_seconds:
             subprocess.run(_as_postgres([*self.control[:-1], "-m", "fast", "-w", "restart"]), **run)
             return
-        subprocess.run(_as_postgres([*self.control[:2], "-m", "fast", "-w", "stop"]), **run)
+        subprocess.run(_as_postgres([*self.control[:3], "-m", "fast", "-w", "stop"]), **run)
         time.sleep(down_seconds)
         subprocess.run(_as_postgres([*self.control[:-1], "-w", "start"]), **run)
 
