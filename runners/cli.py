@@ -290,10 +290,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
+    from runners.credentials import storage_option
     from runners.fidelity import FidelityConfig, run_fidelity, summary_text
     from runners.study import open_run
 
-    run = open_run(args.run_dir)
+    run = open_run(args.run_dir, storage_option(args.storage))
     config = FidelityConfig(trials=args.trials, epochs=args.epochs or 4 * run.config.train.epochs,
                             image_size=args.image_size or run.config.train.image_size, data_fraction=args.data_fraction,
                             concurrent=args.concurrent or run.config.max_concurrent)
@@ -495,6 +496,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, help="long-schedule image size (default the sweep's)")
     p.add_argument("--data-fraction", type=_finite_float, default=1.0, help="share of the training split used (default 1)")
     p.add_argument("--concurrent", type=_positive_int, help="retrainings at a time (default the sweep's)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fidelity)
 

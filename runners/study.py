@@ -136,6 +136,27 @@ def run_storage_url(config: SweepConfig, path: Path, storage: str | None = None)
     return storage
 
 
+def check_run_storage(config: SweepConfig) -> None:
+    """A run directory remembers where its study lives: resuming it elsewhere is refused (never a second, new study).
+
+    ``config.json`` keeps the storage URL masked; a sweep on that run directory must name the same database
+    (``--storage`` or ``NAS_STORAGE``), and one whose study is the directory's own SQLite file must not name another.
+    """
+    path = config.run_dir / "config.json"
+    if not path.is_file():
+        return
+    stored = read_json_mapping(path, "run directory").get("storage")
+    if stored and config.storage is None:
+        raise InputError(f"storage: the study of {str(config.run_dir)!r} is in {mask_url(stored)}; give that URL with --storage or "
+                         f"{STORAGE_ENV} (the run directory does not keep passwords; PGPASSWORD / ~/.pgpass work too)")
+    if stored and not same_database(config.storage, stored):
+        raise InputError(f"storage: {mask_url(config.storage)} is not this run's storage ({mask_url(stored)}), allowed that URL "
+                         f"or another --name")
+    if not stored and config.storage is not None:
+        raise InputError(f"storage: the study of {str(config.run_dir)!r} is its own SQLite file (study.db), allowed no --storage "
+                         f"and no {STORAGE_ENV} for it, or another --name")
+
+
 @dataclass
 class Run:
     """A finished or running sweep: its directory, resolved config and Optuna study."""

@@ -49,7 +49,7 @@ from runners.config import SweepConfig
 from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.dashboard import refresh_figures
 from runners.preflight import check_address, check_resources, check_sweep
-from runners.study import BACKBONE_ROLE, best_scored, quiet_optuna, rdb_storage
+from runners.study import BACKBONE_ROLE, best_scored, check_run_storage, quiet_optuna, rdb_storage
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
 from runners.yardstick import ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
@@ -467,6 +467,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     begin = time.monotonic()
     check_sweep(config)  # paths, storage, address, resources, memory: before anything is created
+    check_run_storage(config)  # a run directory's study stays where it is
     dataset = load_dataset(config.data)  # bad data paths fail here, before Ray starts
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)

@@ -9,6 +9,7 @@ from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import resolve_config
 from runners.sweep import run_sweep
+from tests.conftest import assert_one_line_error, run_nas
 
 
 def synthetic(spec: NetworkSpec, train: TrainConfig) -> dict:
@@ -38,3 +39,21 @@ def test_a_later_driver_adopts_the_study_n_trials_and_liveness_settings(tmp_path
         assert text in line[0], line
     stored = json.loads((tmp_path / "team" / "config.json").read_text())
     assert (stored["n_trials"], stored["grace_period"], stored["heartbeat_interval"]) == (3, 10, 2)
+
+
+def test_a_run_directory_remembers_where_its_study_lives(tmp_path, postgres):
+    url = postgres.new_database()
+    run_sweep(_config(tmp_path, n_trials=2, storage=url), evaluate=synthetic)
+    run_dir = tmp_path / "team"
+    before = sorted(p.name for p in run_dir.iterdir()), (run_dir / "config.json").read_text()
+    assert postgres.password not in before[1] and "***" in before[1]
+    env = {"NAS_STORAGE": ""}
+    resume = run_nas("search", "--name", "team", "--runs-dir", tmp_path, "--sampler", "random", env=env)
+    assert_one_line_error(resume, "storage", "--storage", "NAS_STORAGE")
+    for command in (["rescore", run_dir], ["fidelity", run_dir]):  # export, report, dashboard open it as rescore does
+        assert_one_line_error(run_nas(*command, env=env), "storage", "--storage")
+    assert (sorted(p.name for p in run_dir.iterdir()), (run_dir / "config.json").read_text()) == before  # no new study.db
+    # with the URL: fidelity opens the study (and then names its own bad option)
+    assert_one_line_error(run_nas("fidelity", run_dir, "--data-fraction", "0", env={"NAS_STORAGE": url}), "data_fraction")
+    other = run_nas("search", "--name", "team", "--runs-dir", tmp_path, "--storage", "sqlite:///" + str(tmp_path / "x.db"), env=env)
+    assert_one_line_error(other, "storage", "not this run's storage")
