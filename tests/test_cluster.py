@@ -1,15 +1,26 @@
-"""Settings every driver of a study shares, and where a run directory's study lives (no Ray: in-process drivers)."""
+"""Settings every driver of a study shares, where a run directory's study lives, and sweeps on separate machines."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import secrets
+import shutil
+import subprocess
+import tempfile
+
+import optuna
+import pytest
 
 from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import resolve_config
+from runners.study import open_run
 from runners.sweep import run_sweep
 from tests.conftest import assert_one_line_error, run_nas
+from tests.test_team import RAY, _alive_nodes, _free_port, _stop, descendants
+from tests.test_team import TINY as TEAM_TINY
 
 
 def synthetic(spec: NetworkSpec, train: TrainConfig) -> dict:
@@ -57,3 +68,60 @@ def test_a_run_directory_remembers_where_its_study_lives(tmp_path, postgres):
     assert_one_line_error(run_nas("fidelity", run_dir, "--data-fraction", "0", env={"NAS_STORAGE": url}), "data_fraction")
     other = run_nas("search", "--name", "team", "--runs-dir", tmp_path, "--storage", "sqlite:///" + str(tmp_path / "x.db"), env=env)
     assert_one_line_error(other, "storage", "not this run's storage")
+
+
+# ---- separate machines on one host ---------------------------------------------------------------
+def _machine(command: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    """``command`` on a "separate machine": its own mount namespace with a fresh tmpfs on /tmp and its own HOME there.
+
+    It sees neither the driver's run directory (under /tmp) nor anything the driver's host keeps in /tmp or HOME;
+    it shares the network (127.0.0.1) and the installed code, as a teammate's machine would have its own copy.
+    """
+    script = 'mount -t tmpfs -o mode=1777 tmpfs /tmp && mkdir -p /tmp/home && HOME=/tmp/home exec "$@"'
+    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "machine", *command],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path):
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the separate-machines harness is required in CI, which runs as root (unshare --mount)")
+        pytest.skip("unshare --mount needs root")
+    ray_tmp = tempfile.mkdtemp(prefix="nas-ray-")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "HOME": str(tmp_path)}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    common = ["--temp-dir", ray_tmp, "--block", "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
+    procs: list[subprocess.Popen] = []
+    known: set[int] = set()
+    logs = [tmp_path / f"machine-{i}.log" for i in (1, 2)]
+    try:
+        procs.append(subprocess.Popen([*RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                                       "--include-dashboard", "false", "--num-cpus", "0", *common],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        head = _alive_nodes(address, env, 1)
+        assert len(head) == 1
+        for log_path in logs:
+            with log_path.open("w") as log:
+                procs.append(_machine([*RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                                       *common], env, log))
+        nodes = _alive_nodes(address, env, 3, timeout=180)
+        assert len(nodes) == 3, [p.read_text()[-1500:] for p in logs]
+        workers = set(nodes) - set(head)
+        run_dir = tmp_path / "runs" / "machines"
+        result = run_nas("search", "--name", "machines", "--runs-dir", tmp_path / "runs", "--address", address,
+                         "--cpus-per-trial", "1", *TEAM_TINY, "--json",
+                         env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")})
+        assert result.code == 0, result.err
+        assert result.json()["complete"] == 2 and result.json()["failed"] == 0
+        trials = open_run(run_dir).study.get_trials(deepcopy=False)
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.user_attrs.get("failure_reason") for t in trials]
+        assert {t.user_attrs["ray_node_id"] for t in trials} == workers  # trials on both machines, none on the head
+        assert not (run_dir / "reference_times.json").exists()  # the workers cache on their own machines
+        known = descendants({p.pid for p in procs})
+    finally:
+        known |= descendants({p.pid for p in procs})
+        _stop(procs, known)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
