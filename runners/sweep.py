@@ -120,19 +120,39 @@ def _write_run_config(config: SweepConfig) -> None:
 
 
 # ---- the study as the authority ----------------------------------------------------------------
-def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpace) -> dict[str, Any]:
+def data_digest(dataset: Any) -> str:
+    """``sha256:...`` of the loaded tensors (images, labels, class count): the data's identity, wherever its files sit.
+
+    >>> import torch
+    >>> from nas.data import Dataset
+    >>> d = Dataset("x", torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1]), torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.tensor([1]), 2)
+    >>> data_digest(d) == data_digest(d), data_digest(d).startswith("sha256:")
+    (True, True)
+    """
+    digest = hashlib.sha256(str(dataset.num_classes).encode())
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        tensor = getattr(dataset, name).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpace, dataset: Any = None) -> dict[str, Any]:
     """The settings that define a sweep (all drivers of one study must agree on them), JSON-normalized.
+
+    ``data`` is the digest of the loaded data when ``dataset`` is given (the same data at another path is the
+    same sweep; other data at the same path is not), its resolved path otherwise (studies made before digests).
 
     >>> from runners.config import resolve_config
     >>> cfg = resolve_config(None, {"name": "x"})
     >>> sorted(search_settings(cfg, SearchSpace.from_config({}).backbone, SearchSpace.from_config({})))[:3]
-    ['backbone', 'data', 'objective']
+    ['backbone', 'data', 'data_path']
     """
     data = config.data
     if data != "digits" and Path(data).exists():
         data = str(Path(data).resolve())  # the same data spelled another way is the same sweep
     train = {k: v for k, v in asdict(config.train).items() if k not in ("seed", "threads")}  # per trial / per machine
-    settings = {"data": data, "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
+    settings = {"data": data_digest(dataset) if dataset is not None else data, "data_path": data, "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
                 "objective": config.objective, "pruner": config.pruner, "train": train, "timing": asdict(config.timing)}
     return json.loads(json.dumps(settings))
 
@@ -188,6 +208,8 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, setting
     if stored is None:  # a study from before settings were stored: adopt ours
         study.set_user_attr("search", settings)
         return study, False
+    if not str(stored.get("data", "")).startswith("sha256:"):  # a study from before data digests: compare paths
+        settings = {**settings, "data": settings.get("data_path", settings["data"])}
     changed = settings_difference(stored, settings)
     if changed:
         raise InputError(f"study {config.name!r} was created with another {', '.join(changed)}; this driver's settings differ "
@@ -325,7 +347,9 @@ class Ledger:
         self.finished.add(seen.number)
         self.active.pop(seen.number, None)
         self.ids.pop(seen.number, None)
-        if seen.role == "backbone":  # the reference trial: neither counted nor a duplicate source
+        if seen.role == "backbone":  # the reference trial: not counted; a sampled twin of it is answered from it
+            if seen.state == TrialState.COMPLETE and seen.key is not None:
+                self.index.setdefault(seen.key, seen.number)
             return
         if seen.state == TrialState.FAIL and seen.reason == INTERRUPTED:
             self.counts["interrupted"] += 1
@@ -375,6 +399,10 @@ class Ledger:
 
     def running(self) -> list[Seen]:
         return [s for s in self.active.values() if s.state == TrialState.RUNNING and s.role != "backbone"]
+
+    def claims(self) -> list[Seen]:
+        """RUNNING trials that may answer a later twin: the search trials and the backbone trial."""
+        return [s for s in self.active.values() if s.state == TrialState.RUNNING]
 
 
 # ---- executors: Ray workers, or an in-process evaluation (benchmarks of the driver) ---------------------
@@ -471,7 +499,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None) -> dict[str
     dataset = load_dataset(config.data)  # bad data paths fail here, before Ray starts
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)
-    settings = search_settings(config, backbone, space)
+    settings = search_settings(config, backbone, space, dataset)
     progress = Progress(config.n_trials, config.quiet)
     recovered = [0]
     if config.storage is None:
@@ -672,7 +700,7 @@ class _Driver:
         if key in self.ledger.index:
             self.answer(number, self.ledger.fetch(self.ledger.index[key]))
             return True
-        twins = [s.number for s in self.ledger.running() if s.key == key and s.number < number]
+        twins = [s.number for s in self.ledger.claims() if s.key == key and s.number < number]
         if twins:
             flight.winner = min(twins)
             return False
@@ -684,7 +712,7 @@ class _Driver:
 
     def settle_waiters(self) -> bool:
         changed = False
-        running = {s.number for s in self.ledger.running()}
+        running = {s.number for s in self.ledger.claims()}
         for number, flight in list(self.mine.items()):
             if flight.handle is None and flight.winner is not None and flight.winner not in running:
                 changed |= self.decide(number)

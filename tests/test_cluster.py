@@ -13,6 +13,7 @@ import tempfile
 import optuna
 import pytest
 
+from nas.errors import InputError
 from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import resolve_config
@@ -125,3 +126,54 @@ def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path)
         known |= descendants({p.pid for p in procs})
         _stop(procs, known)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ---- data by content; the backbone answers its sampled twins ------------------------------------------
+def _npz(path, labels_offset: int = 0) -> str:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8), labels=(np.arange(40) + labels_offset) % 2)
+    return str(path)
+
+
+def test_data_is_identified_by_content_not_path(tmp_path):
+    first = _npz(tmp_path / "mine.npz")
+    run_sweep(_config(tmp_path / "runs", n_trials=2, data=first), evaluate=synthetic)
+    copy = tmp_path / "elsewhere" / "teammate.npz"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "mine.npz").read_bytes())
+    joined = run_sweep(_config(tmp_path / "runs", n_trials=2, data=str(copy)), evaluate=synthetic)  # same data, other path
+    assert joined["complete"] == 2
+    _npz(tmp_path / "mine.npz", labels_offset=1)  # other data at the same path
+    before = (tmp_path / "runs" / "team" / "config.json").read_text()
+    with pytest.raises(InputError, match=r"another data\b"):
+        run_sweep(_config(tmp_path / "runs", n_trials=2, data=first), evaluate=synthetic)
+    assert (tmp_path / "runs" / "team" / "config.json").read_text() == before
+
+
+TWIN_BACKBONE = {"schema_version": 1, "name": "tiny", "stem_channels": 8, "head_channels": 32, "num_classes": 10, "dropout": 0.0,
+                 "stochastic_depth": 0.0, "train_image_size": 16, "eval_image_size": 16, "stages": [
+                     {"operator": "fused_mbconv", "layers": 1, "kernel": 3, "stride": 1, "expansion": 1, "input_channels": 8,
+                      "output_channels": 8, "se_ratio": 0.0},
+                     {"operator": "mbconv", "layers": 1, "kernel": 3, "stride": 2, "expansion": 2, "input_channels": 8,
+                      "output_channels": 16, "se_ratio": 0.25}]}
+TWO_WITH_BACKBONE = {"layers_delta": 0, "defaults": {"kernels": [3], "expansions": [2]},
+                     "stages": {1: {"operators": ["fused_mbconv"], "expansions": [1, 2]}, 2: {"operators": ["mbconv"]}}}
+
+
+def test_a_sampled_twin_of_the_backbone_is_answered_from_the_backbone_trial(tmp_path):
+    (tmp_path / "tiny.json").write_text(json.dumps(TWIN_BACKBONE))
+    calls = []
+
+    def counted(spec: NetworkSpec, train: TrainConfig) -> dict:
+        calls.append(spec.key())
+        return synthetic(spec, train)
+
+    summary = run_sweep(_config(tmp_path, n_trials=6, backbone=str(tmp_path / "tiny.json"), space=TWO_WITH_BACKBONE), evaluate=counted)
+    assert summary["complete"] == 6
+    assert len(calls) == len(set(calls)) == 2  # the backbone and the one other architecture, each evaluated once
+    trials = open_run(tmp_path / "team").study.get_trials(deepcopy=False)
+    backbone = [t for t in trials if t.user_attrs.get("role") == "backbone"][0]
+    twins = [t for t in trials if t.user_attrs.get("spec_key") == backbone.user_attrs["spec_key"] and t.number != backbone.number]
+    assert twins and all(t.user_attrs["reused_from"] == backbone.number and "role" not in t.user_attrs for t in twins)
