@@ -42,8 +42,11 @@ def transient(error: BaseException) -> bool:
     from sqlalchemy import exc
 
     cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
-    return isinstance(cause, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError)) or \
-        (isinstance(cause, exc.DBAPIError) and cause.connection_invalidated)
+    if isinstance(cause, exc.DBAPIError) and cause.connection_invalidated:
+        return True
+    if isinstance(cause, exc.OperationalError) and type(cause.orig).__module__.startswith("sqlite3"):
+        return any(text in str(cause.orig) for text in ("locked", "busy"))  # not "no such table" and the like
+    return isinstance(cause, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError))
 
 
 class RetryingStorage(optuna.storages.RDBStorage):

@@ -667,11 +667,16 @@ class _Driver:
             os.kill(os.getpid(), signal.SIGKILL)
         trial_id = self.ledger.storage.get_trial_id_from_study_id_trial_number(self.ledger.study_id, trial.number)
         self.ledger.note_asked(trial.number, trial_id)
-        self.heartbeat.add(trial_id)
-        spec = self.space.suggest(trial).with_classes(self.num_classes)
-        for name, value in {"spec_key": spec.key(), "seed": trial_seed(self.config.seed, trial.number), "driver": self.driver,
-                            "failure_reason": INTERRUPTED}.items():
-            trial.set_user_attr(name, value)
+        try:
+            self.heartbeat.add(trial_id)
+            spec = self.space.suggest(trial).with_classes(self.num_classes)
+            for name, value in {"spec_key": spec.key(), "seed": trial_seed(self.config.seed, trial.number), "driver": self.driver,
+                                "failure_reason": INTERRUPTED}.items():
+                trial.set_user_attr(name, value)
+        except optuna.exceptions.UpdateFinishedTrialError:  # stalled past grace_period (storage down): recovered meanwhile
+            self.heartbeat.remove(trial_id)
+            self.progress.log(f"warning: trial {trial.number} was recovered by another driver before its claim; left to its retry")
+            return False
         flight = InFlight(trial, trial_id, spec, time.monotonic(), int(trial.user_attrs.get("attempt", 0)))
         self.mine[trial.number] = flight
         self.ledger.refresh()  # sees other drivers' claims made meanwhile

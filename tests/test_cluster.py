@@ -177,3 +177,27 @@ def test_a_sampled_twin_of_the_backbone_is_answered_from_the_backbone_trial(tmp_
     backbone = [t for t in trials if t.user_attrs.get("role") == "backbone"][0]
     twins = [t for t in trials if t.user_attrs.get("spec_key") == backbone.user_attrs["spec_key"] and t.number != backbone.number]
     assert twins and all(t.user_attrs["reused_from"] == backbone.number and "role" not in t.user_attrs for t in twins)
+
+
+# ---- storage calls through a busy database -----------------------------------------------------------
+def test_storage_calls_wait_out_a_locked_sqlite_database_within_a_bound(tmp_path):
+    import sqlite3
+    import threading
+
+    from runners.study import RetryingStorage, StorageLost
+
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    storage = RetryingStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})  # SQLite's own wait: short
+    study = optuna.create_study(storage=storage, study_name="busy")
+    notes: list[str] = []
+    storage.on_retry, storage.retry_seconds = notes.append, 30.0
+    blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holding the database, as a long write does
+    threading.Timer(1.5, blocker.rollback).start()
+    study.set_user_attr("written", 1)  # retried until the lock goes, then done once
+    assert study.user_attrs["written"] == 1 and len(notes) == 1 and "retrying" in notes[0]
+    blocker.execute("BEGIN EXCLUSIVE")
+    storage.retry_seconds = 1.0
+    with pytest.raises(StorageLost, match="storage unreachable for 1 s"):
+        study.set_user_attr("written", 2)
+    blocker.rollback()
