@@ -430,8 +430,8 @@ class RayExecutor:
     def result(self, handle: Any) -> dict[str, Any]:
         try:
             return self.ray.get(handle)
-        except Exception as error:  # a worker that died (OOM-killed, node lost)
-            return {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
+        except Exception as error:  # a worker that died (OOM-killed, its machine lost): interrupted, queued again
+            return {"status": "failed", "failure_reason": INTERRUPTED, "worker_lost": f"{type(error).__name__}: {str(error)[:300]}"}
 
     def cancel(self, handle: Any) -> None:
         self.ray.cancel(handle, force=True)
@@ -775,6 +775,12 @@ class _Driver:
         except optuna.exceptions.UpdateFinishedTrialError:
             self.progress.log(f"warning: trial {number} was recovered by another driver (heartbeat too late); its result is dropped")
             return
+        if "worker_lost" in record:  # not the trial's fault: recovered like a dead driver's trial
+            self.progress.log(f"trial {number}: its worker was lost ({record['worker_lost'][:120]}); queued again")
+            callback = self.ledger.storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(self.study, self.ledger.fetch(number))
+            count = False
         self.new_done += count
         key = record.get("spec_key", flight.spec.key())
         reward = record.get("reward") if state == TrialState.COMPLETE else None

@@ -121,6 +121,7 @@ def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path)
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.user_attrs.get("failure_reason") for t in trials]
         assert {t.user_attrs["ray_node_id"] for t in trials} == workers  # trials on both machines, none on the head
         assert not (run_dir / "reference_times.json").exists()  # the workers cache on their own machines
+        _lose_a_machine_mid_trial(tmp_path, address, env, procs, workers)
         known = descendants({p.pid for p in procs})
     finally:
         known |= descendants({p.pid for p in procs})
@@ -201,3 +202,51 @@ def test_storage_calls_wait_out_a_locked_sqlite_database_within_a_bound(tmp_path
     with pytest.raises(StorageLost, match="storage unreachable for 1 s"):
         study.set_user_attr("written", 2)
     blocker.rollback()
+
+
+def _lose_a_machine_mid_trial(tmp_path, address: str, env: dict[str, str], procs: list[subprocess.Popen], workers: set[str]) -> None:
+    """A second sweep; while both machines train, the second machine's Ray processes are killed: its trial is queued again."""
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    run_env = {**{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},
+               **{k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")}}
+    from tests.test_faults import FAST, TINY
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    (tmp_path / "tiny_space.yaml").write_text("layers_delta: 0\ndefaults: {kernels: [3], expansions: [1, 2, 4]}\n")
+    args = ["--backbone", str(tmp_path / "tiny.json"), "--space", str(tmp_path / "tiny_space.yaml"), *FAST, "--trials", "2",
+            "--concurrent", "2", "--sampler", "random", "--quiet", "--epochs", "30"]  # long enough to be in flight on both machines
+    driver = subprocess.Popen([sys.executable, "-m", "runners.cli", "search", "--name", "lost", "--runs-dir", str(tmp_path / "runs"),
+                               "--address", address, "--cpus-per-trial", "1", *args, "--json"], cwd=ROOT, env=run_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = f"sqlite:///{tmp_path / 'runs' / 'lost' / 'study.db'}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            running = [t for t in optuna.load_study(study_name="lost", storage=db).get_trials(deepcopy=False)
+                       if t.state == optuna.trial.TrialState.RUNNING and "spec_key" in t.user_attrs]
+        except Exception:
+            running = []
+        if len(running) == 2:
+            break
+        time.sleep(0.5)
+    time.sleep(3)  # both training, one on each machine
+    victim = procs[-1]
+    for pid in descendants({victim.pid}):  # the machine is gone: every Ray process of it, at once
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, err
+    assert json.loads(out)["complete"] == 2
+    trials = open_run(tmp_path / "runs" / "lost").study.get_trials(deepcopy=False)
+    lost = [t for t in trials if "worker_lost" in t.user_attrs]
+    assert len(lost) == 1 and lost[0].user_attrs["failure_reason"].startswith("interrupted"), err
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == lost[0].number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    assert retry[0].user_attrs["ray_node_id"] in workers
