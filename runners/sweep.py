@@ -152,8 +152,9 @@ def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpa
     if data != "digits" and Path(data).exists():
         data = str(Path(data).resolve())  # the same data spelled another way is the same sweep
     train = {k: v for k, v in asdict(config.train).items() if k not in ("seed", "threads")}  # per trial / per machine
-    settings = {"data": data_digest(dataset) if dataset is not None else data, "data_path": data, "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
-                "objective": config.objective, "pruner": config.pruner, "train": train, "timing": asdict(config.timing)}
+    settings = {"data": data_digest(dataset) if dataset is not None else data, "data_path": data, "backbone": backbone.to_dict(),
+                "space": space.describe(), "reward": config.reward, "objective": config.objective, "pruner": config.pruner,
+                "train": train, "timing": asdict(config.timing)}
     return json.loads(json.dumps(settings))
 
 
