@@ -102,8 +102,7 @@ def test_sigterm_stops_fidelity_cleanly(tmp_path, finished_sweep):
     shutil.copytree(finished_sweep, run_dir)
     err_file = tmp_path / "err.txt"
     proc = _start(["fidelity", run_dir, "--trials", "2", "--epochs", "30"], err_file)
-    _wait_for(lambda: "to go" in err_file.read_text(), 60, "the fidelity plan")
-    time.sleep(10)  # Ray started, a retraining in flight
+    _wait_for(lambda: proc.poll() is not None or _runs(proc.pid, "ray::retrain"), 300, "a retraining in flight")
     assert proc.poll() is None, err_file.read_text()
     code, err = _terminate(proc, err_file)
     assert code == 143, err
@@ -168,3 +167,16 @@ def test_postgres_restarted_twice_during_a_sweep(tmp_path, tiny_space, postgres)
     # exactly 3 (the tiny backbone is outside its space: no yardstick trial), none lost, failed, retried or told twice
     assert [t.state for t in trials] == [State.COMPLETE] * 3, [(t.state, t.user_attrs.get("failure_reason")) for t in trials]
     assert not [t for t in trials if "retry_of" in t.user_attrs or "reused_from" in t.user_attrs]
+
+
+def _runs(pid: int, name: str) -> bool:
+    """A process below ``pid`` (the command's own Ray instance) whose command line starts with ``name``."""
+    from tests.test_team import descendants
+
+    for child in descendants({pid}) - {pid}:
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().startswith(name.encode()):
+                return True
+        except OSError:
+            continue
+    return False
