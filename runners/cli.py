@@ -350,10 +350,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
+    from runners.credentials import storage_option
     from runners.fidelity import FidelityConfig, run_fidelity, summary_text
     from runners.study import open_run
 
-    run = open_run(args.run_dir)
+    run = open_run(args.run_dir, storage_option(args.storage))
     config = FidelityConfig(trials=args.trials, epochs=args.epochs or 4 * run.config.train.epochs,
                             image_size=args.image_size or run.config.train.image_size, data_fraction=args.data_fraction,
                             concurrent=args.concurrent or run.config.max_concurrent, ceiling=not args.no_ceiling)
@@ -626,6 +627,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-fraction", type=_finite_float, default=1.0, help="share of the training split used (default 1)")
     p.add_argument("--concurrent", type=_positive_int, help="retrainings at a time (default the sweep's)")
     p.add_argument("--no-ceiling", action="store_true", help="train the long schedule once (no second seed: no noise ceiling)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_fidelity)
 
@@ -673,7 +675,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIGTERM_SEEN: list[int] = []  # Ray turns an exception raised in ray.wait into a plain KeyboardInterrupt: remember the signal
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    _SIGTERM_SEEN.append(signum)
     raise Terminated
 
 
@@ -696,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nas {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        terminated = isinstance(interrupt, Terminated)
+        terminated = isinstance(interrupt, Terminated) or bool(_SIGTERM_SEEN)
         print(f"nas {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except SystemExit as exit_:

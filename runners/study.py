@@ -30,10 +30,71 @@ def quiet_optuna() -> None:
 
 
 SCHEMA_RACE = ("UNIQUE constraint failed", "already exists", "duplicate key")
+STORAGE_RETRY_SECONDS = 300.0  # how long a storage call is retried through a database restart or a lost connection
+
+
+class StorageLost(RuntimeError):
+    """The storage stayed unreachable for longer than the retry bound."""
+
+
+def transient(error: BaseException) -> bool:
+    """A storage error worth retrying: a lost connection, a server restarting, SQLite busy (``database is locked``)."""
+    from sqlalchemy import exc
+
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    if isinstance(cause, exc.DBAPIError) and cause.connection_invalidated:
+        return True
+    if isinstance(cause, exc.OperationalError) and type(cause.orig).__module__.startswith("sqlite3"):
+        return any(text in str(cause.orig) for text in ("locked", "busy"))  # not "no such table" and the like
+    return isinstance(cause, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError))
+
+
+class RetryingStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose calls are retried with backoff for up to ``retry_seconds`` on transient errors.
+
+    A call that keeps failing past the bound raises :class:`StorageLost`. A retried write that reached the
+    database before its connection dropped is safe: a second ``tell`` raises Optuna's
+    ``UpdateFinishedTrialError`` (never a second result), a second attribute write stores the same value.
+    """
+
+    retry_seconds = STORAGE_RETRY_SECONDS
+    on_retry = None  # called with a one-line note the first time a call is retried
+
+
+def _retrying(method):
+    def call(self, *args, **kwargs):
+        deadline, delay, noted = time.monotonic() + self.retry_seconds, 0.2, False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as error:
+                if not transient(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    reason = scrub(str(getattr(error, "__cause__", None) or error).splitlines()[0])
+                    raise StorageLost(f"storage unreachable for {self.retry_seconds:g} s ({reason}); "
+                                      f"the next driver recovers this driver's trials") from None
+                if not noted and self.on_retry is not None:
+                    self.on_retry(f"storage: {type(error).__name__}; retrying for up to {self.retry_seconds:g} s")
+                    noted = True
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    call.__name__, call.__doc__ = method.__name__, method.__doc__
+    return call
+
+
+for _name in ("create_new_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name", "get_study_name_from_id",
+              "get_study_directions", "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "_create_new_trial",
+              "_set_trial_param", "get_trial_id_from_study_id_trial_number", "_get_best_trial_id", "set_trial_state_values",
+              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial", "_get_trials",
+              "record_heartbeat", "_get_stale_trial_ids"):  # every call Optuna's study makes (get_all_trials calls _get_trials)
+    if hasattr(optuna.storages.RDBStorage, _name):
+        setattr(RetryingStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                stale_callback=None) -> optuna.storages.RDBStorage:
+                stale_callback=None) -> RetryingStorage:
     """An RDB storage; SQLite gets a long busy timeout since several processes write to it.
 
     The sweep driver passes heartbeat settings (and what to do with a stale trial); readers do not.
@@ -45,8 +106,11 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
-                                                  grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+                storage = RetryingStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+            if url.startswith("sqlite") and heartbeat_interval is not None:
+                write_ahead_log(storage)
+            return storage
         except Exception as error:
             # drivers started together on a new database race to create Optuna's tables: the loser sees them
             # half-made ("UNIQUE constraint failed: alembic_version", "already exists") and opens them a moment later
@@ -56,6 +120,27 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
                 continue
             # the message names the masked URL; the driver's text is scrubbed of the password
             raise InputError(f"storage: cannot open {mask_url(url)!r}: {scrub(str(error).splitlines()[0])}") from None
+
+
+def _wal_pragmas(connection, record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
+    """A driver's SQLite study: WAL journal and ``synchronous=NORMAL``, as SQLite documents for WAL.
+
+    In WAL mode with synchronous=NORMAL a commit syncs the disk only at checkpoints, not per write (about 25
+    writes per trial), and stays consistent on a crash of the process; a power loss may undo the last
+    commits (trials then recovered like an interrupted run). WAL needs the database on a local
+    filesystem (not NFS): the embedded study is for one machine, a team uses PostgreSQL.
+    """
+    from sqlalchemy import event
+
+    event.listen(storage.engine, "connect", _wal_pragmas)
+    storage.engine.dispose()  # connections opened before the listener: closed, so every one from now on has the pragmas
 
 
 def run_storage_url(config: SweepConfig, path: Path, storage: str | None = None) -> str:
@@ -76,6 +161,27 @@ def run_storage_url(config: SweepConfig, path: Path, storage: str | None = None)
     if not same_database(storage, config.storage):
         raise InputError(f"storage: {mask_url(storage)} is not this run's storage ({mask_url(config.storage)})")
     return storage
+
+
+def check_run_storage(config: SweepConfig) -> None:
+    """A run directory remembers where its study lives: resuming it elsewhere is refused (never a second, new study).
+
+    ``config.json`` keeps the storage URL masked; a sweep on that run directory must name the same database
+    (``--storage`` or ``NAS_STORAGE``), and one whose study is the directory's own SQLite file must not name another.
+    """
+    path = config.run_dir / "config.json"
+    if not path.is_file():
+        return
+    stored = read_json_mapping(path, "run directory").get("storage")
+    if stored and config.storage is None:
+        raise InputError(f"storage: the study of {str(config.run_dir)!r} is in {mask_url(stored)}; give that URL with --storage or "
+                         f"{STORAGE_ENV} (the run directory does not keep passwords; PGPASSWORD / ~/.pgpass work too)")
+    if stored and not same_database(config.storage, stored):
+        raise InputError(f"storage: {mask_url(config.storage)} is not this run's storage ({mask_url(stored)}), allowed that URL "
+                         f"or another --name")
+    if not stored and config.storage is not None:
+        raise InputError(f"storage: the study of {str(config.run_dir)!r} is its own SQLite file (study.db), allowed no --storage "
+                         f"and no {STORAGE_ENV} for it, or another --name")
 
 
 @dataclass

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -48,7 +49,7 @@ from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.dashboard import refresh_figures
 from runners.preflight import check_address, check_resources, check_sweep
 from runners.progress import Progress
-from runners.study import BACKBONE_ROLE, backbone_trial, best_scored, quiet_optuna, rdb_storage
+from runners.study import BACKBONE_ROLE, backbone_trial, best_scored, check_run_storage, quiet_optuna, rdb_storage
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
 from runners.yardstick import against_backbone, ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
@@ -56,6 +57,7 @@ from search_spaces import SearchSpace, make_sampler
 INTERRUPTED = "interrupted: the sweep driver stopped while this trial ran"  # stored at ask; replaced at tell
 SURPLUS = "surplus: another driver filled the last slot of the sweep first"
 TIMEOUT = "timeout: the trial ran longer than trial_timeout"
+DRIVER_SETTINGS = ("n_trials", "max_retries", "heartbeat_interval", "grace_period", "trial_timeout")  # stored; later drivers adopt them
 SEARCH_SETTINGS = ("data", "backbone", "space", "reward", "objective", "pruner", "train", "timing")
 NOT_COPIED = ("seed", "reused_from", "retry_of", "attempt", "driver", "role")  # per-trial attributes of a duplicate
 CLAIM_WAIT_SECONDS = 30.0  # a trial asked longer ago than this without a claim is not waited for
@@ -80,10 +82,16 @@ def init_ray(config: SweepConfig) -> bool:
     if config.address and config.address != "auto":
         check_address(config.address)
     kwargs: dict[str, Any] = dict(include_dashboard=config.ray_dashboard, log_to_driver=False, logging_level="WARNING")
+    main = threading.current_thread() is threading.main_thread()
+    ours = signal.getsignal(signal.SIGTERM) if main else None
     if config.address:
         ray.init(address=config.address, **kwargs)
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
+    if main and callable(ours):
+        # ray.init replaces the SIGTERM handler (its local node kills itself and exits 1; its core worker adds a crash
+        # dump that aborts): ours again, so SIGTERM stops the driver like Ctrl-C (the cleanup runs, exit 143)
+        signal.signal(signal.SIGTERM, ours)
     return True
 
 
@@ -96,21 +104,42 @@ def _write_run_config(config: SweepConfig) -> None:
 LATER_TRAIN_DEFAULTS = {"data_fraction": 1.0, "score": "accuracy"}  # train settings added after studies were stored
 
 
-def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpace) -> dict[str, Any]:
+def data_digest(dataset: Any) -> str:
+    """``sha256:...`` of the loaded tensors (images, labels, class count): the data's identity, wherever its files sit.
+
+    >>> import torch
+    >>> from nas.data import Dataset
+    >>> d = Dataset("x", torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1]), torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.tensor([1]), 2)
+    >>> data_digest(d) == data_digest(d), data_digest(d).startswith("sha256:")
+    (True, True)
+    """
+    digest = hashlib.sha256(str(dataset.num_classes).encode())
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        tensor = getattr(dataset, name).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def search_settings(config: SweepConfig, backbone: NetworkSpec, space: SearchSpace, dataset: Any = None) -> dict[str, Any]:
     """The settings that define a sweep (all drivers of one study must agree on them), JSON-normalized.
+
+    ``data`` is the digest of the loaded data when ``dataset`` is given (the same data at another path is the
+    same sweep; other data at the same path is not), its resolved path otherwise (studies made before digests).
 
     >>> from runners.config import resolve_config
     >>> cfg = resolve_config(None, {"name": "x"})
     >>> sorted(search_settings(cfg, SearchSpace.from_config({}).backbone, SearchSpace.from_config({})))[:3]
-    ['backbone', 'data', 'objective']
+    ['backbone', 'data', 'data_path']
     """
     data = config.data
     if data != "digits" and Path(data).exists():
         data = str(Path(data).resolve())  # the same data spelled another way is the same sweep
     train = {k: v for k, v in asdict(config.train).items() if k not in ("seed", "threads")  # per trial / per machine
              and LATER_TRAIN_DEFAULTS.get(k, object()) != v}  # at its default, a later setting is left out: older studies resume
-    settings = {"data": data, "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
-                "objective": config.objective, "pruner": config.pruner, "train": train, "timing": asdict(config.timing)}
+    settings = {"data": data_digest(dataset) if dataset is not None else data, "data_path": data, "backbone": backbone.to_dict(),
+                "space": space.describe(), "reward": config.reward, "objective": config.objective, "pruner": config.pruner,
+                "train": train, "timing": asdict(config.timing)}
     return json.loads(json.dumps(settings))
 
 
@@ -149,7 +178,8 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, setting
         # the yardstick before the settings: a driver that loads the study waits for the settings, so it finds the
         # backbone already queued and does not queue a second one
         ensure_backbone_trial(study, space)
-        for key, value in {**extra, "search": settings}.items():
+        drivers = {key: getattr(config, key) for key in DRIVER_SETTINGS}
+        for key, value in {**extra, "drivers": drivers, "search": settings}.items():
             study.set_user_attr(key, json.loads(json.dumps(value)))
         return study, True
     # a per-driver sampler seed: drivers that share a study draw different proposals
@@ -164,11 +194,32 @@ def open_study(config: SweepConfig, storage: optuna.storages.RDBStorage, setting
     if stored is None:  # a study from before settings were stored: adopt ours
         study.set_user_attr("search", settings)
         return study, False
+    if not str(stored.get("data", "")).startswith("sha256:"):  # a study from before data digests: compare paths
+        settings = {**settings, "data": settings.get("data_path", settings["data"])}
     changed = settings_difference(stored, settings)
     if changed:
         raise InputError(f"study {config.name!r} was created with another {', '.join(changed)}; this driver's settings differ "
                          f"(nothing changed in the study); use the study's settings or another --name")
     return study, False
+
+
+def adopt_driver_settings(config: SweepConfig, study: optuna.Study, log: Callable[[str], None]) -> SweepConfig:
+    """``config`` with the study's ``n_trials``, ``max_retries``, ``heartbeat_interval``, ``grace_period``, ``trial_timeout``.
+
+    Every driver of a study works with the same values (a shorter grace period would fail other drivers' live
+    trials; "exactly N finished" needs one N): the creator's, stored with the search settings. A later driver
+    that names others says so in one line and adopts the study's. A study from before they were stored gets ours.
+    """
+    stored = study.user_attrs.get("drivers")
+    if not isinstance(stored, dict):
+        study.set_user_attr("drivers", {key: getattr(config, key) for key in DRIVER_SETTINGS})
+        return config
+    adopted = replace(config, **{key: stored[key] for key in DRIVER_SETTINGS if key in stored})
+    changed = [f"{key}={getattr(adopted, key):g} (not {getattr(config, key):g})" for key in DRIVER_SETTINGS
+               if getattr(adopted, key) != getattr(config, key)]
+    if changed:
+        log(f"study {config.name!r} runs with {', '.join(changed)}: adopted from the study, as every driver of it does")
+    return adopted
 
 
 # ---- liveness ------------------------------------------------------------------------------------
@@ -266,6 +317,7 @@ class Ledger:
         self.active: dict[int, Seen] = {}  # RUNNING and WAITING trials at the last refresh
         self.ids: dict[int, int] = {}  # number -> storage trial id
         self.horizon = -1  # every number up to here is finished-known or active
+        self.unclaimed: dict[int, float] = {}  # RUNNING trial without a claim -> monotonic time this driver first saw it so
         for trial in study.get_trials(deepcopy=False):  # once, at start-up
             self.horizon = max(self.horizon, trial.number)
             if trial.state.is_finished():
@@ -288,7 +340,9 @@ class Ledger:
         self.finished.add(seen.number)
         self.active.pop(seen.number, None)
         self.ids.pop(seen.number, None)
-        if seen.role == "backbone":  # the reference trial: neither counted nor a duplicate source
+        if seen.role == "backbone":  # the reference trial: not counted; a sampled twin of it is answered from it
+            if seen.state == TrialState.COMPLETE and seen.key is not None:
+                self.index.setdefault(seen.key, seen.number)
             return
         if seen.state == TrialState.FAIL and seen.reason == INTERRUPTED:
             self.counts["interrupted"] += 1
@@ -320,6 +374,12 @@ class Ledger:
                 self.see(trial, current)
             self.horizon = number
         self.active = current
+        now = time.monotonic()
+        self.unclaimed = {n: self.unclaimed.get(n, now) for n, s in current.items() if s.state == TrialState.RUNNING and s.key is None}
+
+    def unclaimed_for(self, number: int) -> float:
+        """Seconds this driver has seen trial ``number`` RUNNING without a claim (a duration on this host's clock; 0 if claimed)."""
+        return time.monotonic() - self.unclaimed[number] if number in self.unclaimed else 0.0
 
     def see(self, trial: optuna.trial.FrozenTrial, current: dict[int, Seen]) -> None:
         if trial.state.is_finished():
@@ -332,6 +392,10 @@ class Ledger:
 
     def running(self) -> list[Seen]:
         return [s for s in self.active.values() if s.state == TrialState.RUNNING and s.role != "backbone"]
+
+    def claims(self) -> list[Seen]:
+        """RUNNING trials that may answer a later twin: the search trials and the backbone trial."""
+        return [s for s in self.active.values() if s.state == TrialState.RUNNING]
 
 
 # ---- executors: Ray workers, or an in-process evaluation (benchmarks of the driver) ---------------------
@@ -360,8 +424,8 @@ class RayExecutor:
     def result(self, handle: Any) -> dict[str, Any]:
         try:
             return self.ray.get(handle)
-        except Exception as error:  # a worker that died (OOM-killed, node lost)
-            return {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
+        except Exception as error:  # a worker that died (OOM-killed, its machine lost): interrupted, queued again
+            return {"status": "failed", "failure_reason": INTERRUPTED, "worker_lost": f"{type(error).__name__}: {str(error)[:300]}"}
 
     def cancel(self, handle: Any) -> None:
         self.ray.cancel(handle, force=True)
@@ -440,19 +504,25 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None, *, dataset:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     begin = time.monotonic()
     check_sweep(config)  # paths, storage, address, resources, memory: before anything is created
+    check_run_storage(config)  # a run directory's study stays where it is
     dataset = dataset if dataset is not None else load_dataset(config.data)  # bad data paths fail here, before Ray starts
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     backbone = space.backbone.with_classes(dataset.num_classes)
-    settings = search_settings(config, backbone, space)
+    settings = search_settings(config, backbone, space, dataset)
     progress = Progress(config.n_trials, config.quiet, config.max_concurrent)
     recovered = [0]
     if config.storage is None:
         private_dir(config.run_dir)  # the default SQLite study lives there
     storage = _open_storage(config, requeue_stale(config.max_retries, recovered))
+    storage.on_retry = progress.log
     driver = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     extra = {"config": config.to_dict(), "backbone": backbone.to_dict(), "space": space.describe(), "reward": config.reward,
              "objective": config.objective, "data": config.data}
     study, created = open_study(config, storage, settings, extra, driver, space)  # refuses other settings before any write
+    config = adopt_driver_settings(config, study, progress.log)
+    progress.total = config.n_trials
+    storage.heartbeat_interval, storage.grace_period = config.heartbeat_interval, config.grace_period
+    storage.heartbeat_stale_trial_callback = requeue_stale(config.max_retries, recovered)
     _write_run_config(config)
     optuna.storages.fail_stale_trials(study)
     if recovered[0]:
@@ -483,6 +553,9 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None, *, dataset:
                          dataset.num_classes, progress, driver, reward=reward)
     try:
         driver_run.loop()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: hand this driver's trials over now rather than after the grace period
+        driver_run.release(requeue_stale(config.max_retries, [0]))
+        raise
     finally:
         heartbeat.close()
         if started_ray:
@@ -550,6 +623,7 @@ class _Driver:
             now = time.monotonic()
             if now >= self.next_stale_check:
                 optuna.storages.fail_stale_trials(self.study)
+                self.fail_unclaimed()
                 self.next_stale_check = now + self.config.heartbeat_interval
             self.ledger.refresh()
             changed = False
@@ -577,16 +651,46 @@ class _Driver:
             if ready:
                 self.show()
 
+    def fail_unclaimed(self) -> None:
+        """Recover trials whose driver died between ``ask`` and its first heartbeat (Optuna's check skips them).
+
+        A trial is claimed (``spec_key``) right after its first heartbeat is recorded, within milliseconds of
+        its ask; one seen RUNNING unclaimed for longer than ``grace_period`` has no driver, and is failed
+        ``interrupted`` and queued again as a stale trial is.
+        """
+        callback = self.ledger.storage.get_heartbeat_stale_trial_callback()
+        for number in list(self.ledger.unclaimed):
+            waited = self.ledger.unclaimed_for(number)
+            if number in self.mine or waited <= self.config.grace_period:
+                continue
+            trial_id = self.ledger.trial_id(number)
+            try:
+                self.ledger.storage.set_trial_user_attr(trial_id, "failure_reason", INTERRUPTED)
+                if not self.ledger.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # claimed or recovered meanwhile
+            self.progress.log(f"trial {number}: no heartbeat {waited:.0f} s after its ask (its driver died); recovered")
+            if callback is not None:
+                callback(self.study, self.ledger.fetch(number))
+
     def start_one(self) -> bool:
         """Ask one trial, claim its architecture; train it, wait for its twin, or answer it now."""
         trial = self.study.ask()
+        if os.environ.get("NAS_TEST_KILL_AFTER_ASK"):  # test hook: a driver dying before its trial's first heartbeat
+            os.kill(os.getpid(), signal.SIGKILL)
         trial_id = self.ledger.storage.get_trial_id_from_study_id_trial_number(self.ledger.study_id, trial.number)
         self.ledger.note_asked(trial.number, trial_id)
-        self.heartbeat.add(trial_id)
-        spec = self.space.suggest(trial).with_classes(self.num_classes)
-        for name, value in {"spec_key": spec.key(), "seed": trial_seed(self.config.seed, trial.number), "driver": self.driver,
-                            "failure_reason": INTERRUPTED}.items():
-            trial.set_user_attr(name, value)
+        try:
+            self.heartbeat.add(trial_id)
+            spec = self.space.suggest(trial).with_classes(self.num_classes)
+            for name, value in {"spec_key": spec.key(), "seed": trial_seed(self.config.seed, trial.number), "driver": self.driver,
+                                "failure_reason": INTERRUPTED}.items():
+                trial.set_user_attr(name, value)
+        except optuna.exceptions.UpdateFinishedTrialError:  # stalled past grace_period (storage down): recovered meanwhile
+            self.heartbeat.remove(trial_id)
+            self.progress.log(f"warning: trial {trial.number} was recovered by another driver before its claim; left to its retry")
+            return False
         flight = InFlight(trial, trial_id, spec, time.monotonic(), int(trial.user_attrs.get("attempt", 0)))
         self.mine[trial.number] = flight
         self.ledger.refresh()  # sees other drivers' claims made meanwhile
@@ -606,8 +710,8 @@ class _Driver:
             return True
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         while True:  # lower-numbered trials asked a moment ago and still writing their claim: wait until it is visible
-            recent = time.time() - CLAIM_WAIT_SECONDS
-            pending = [s for s in self.ledger.running() if s.number < number and s.key is None and s.started > recent]
+            pending = [s for s in self.ledger.running()
+                       if s.number < number and s.key is None and self.ledger.unclaimed_for(s.number) < CLAIM_WAIT_SECONDS]
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -615,7 +719,7 @@ class _Driver:
         if key in self.ledger.index:
             self.answer(number, self.ledger.fetch(self.ledger.index[key]))
             return True
-        twins = [s.number for s in self.ledger.running() if s.key == key and s.number < number]
+        twins = [s.number for s in self.ledger.claims() if s.key == key and s.number < number]
         if twins:
             flight.winner = min(twins)
             return False
@@ -631,7 +735,7 @@ class _Driver:
 
     def settle_waiters(self) -> bool:
         changed = False
-        running = {s.number for s in self.ledger.running()}
+        running = {s.number for s in self.ledger.claims()}
         for number, flight in list(self.mine.items()):
             if flight.handle is None and flight.winner is not None and flight.winner not in running:
                 changed |= self.decide(number)
@@ -698,10 +802,29 @@ class _Driver:
         except optuna.exceptions.UpdateFinishedTrialError:
             self.progress.log(f"warning: trial {number} was recovered by another driver (heartbeat too late); its result is dropped")
             return
+        if "worker_lost" in record:  # not the trial's fault: recovered like a dead driver's trial
+            self.progress.log(f"trial {number}: its worker was lost ({record['worker_lost'][:120]}); queued again")
+            callback = self.ledger.storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(self.study, self.ledger.fetch(number))
+            count = False
         self.new_done += count
         key = record.get("spec_key", flight.spec.key())
         reward = record.get("reward") if state == TrialState.COMPLETE else None
         self.ledger.absorb(Seen(number, state, key, record.get("failure_reason"), flight.attempt, flight.trial.user_attrs.get("role"), reward))
+
+    def release(self, requeue: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]) -> None:
+        """Interrupted: store this driver's in-flight trials FAIL ``interrupted`` and queue them again, as a stale trial is."""
+        for number, flight in list(self.mine.items()):
+            self.heartbeat.remove(flight.trial_id)
+            try:
+                self.study.tell(flight.trial, state=TrialState.FAIL)  # its failure_reason says interrupted since the ask
+                requeue(self.study, self.ledger.fetch(number))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # recovered by another driver already
+            except Exception as error:  # storage gone too: the trial goes stale and the next driver recovers it
+                self.progress.log(f"warning: trial {number} left for recovery after the grace period: {type(error).__name__}")
+        self.mine.clear()
 
     def answer(self, number: int, source: optuna.trial.FrozenTrial) -> None:
         """Finish ``number`` with the record of ``source``, a finished trial of the same architecture."""

@@ -7,9 +7,12 @@ Pruning decisions are the driver's: the worker posts each epoch's validation acc
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -20,6 +23,29 @@ from nas.timing import TimingConfig
 from nas.train import TrainConfig
 
 DECISION_WAIT_SECONDS = 600.0  # a driver that does not answer: train on rather than hang
+
+
+def cache_dir() -> Path:
+    """This machine's cache for ``nas`` (0700): ``$XDG_CACHE_HOME/nas``, else ``~/.cache/nas``, else ``<tmp>/nas-cache-<uid>``.
+
+    A worker keeps what it caches here, on its own machine: nothing it writes depends on the driver's
+    filesystem (on a cluster the driver's run directory does not exist on the other machines).
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for path in (Path(base) / "nas", Path(tempfile.gettempdir()) / f"nas-cache-{os.getuid()}"):
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if os.access(path, os.W_OK):
+                return path
+        except OSError:
+            continue
+    raise OSError("no writable cache directory: set XDG_CACHE_HOME")
+
+
+def reference_cache_path(run_dir: str) -> Path:
+    """The reference-time cache of one sweep on this machine: keyed by the driver's run directory (a name, never opened)."""
+    digest = hashlib.sha256(run_dir.encode()).hexdigest()[:16]
+    return cache_dir() / f"reference_times-{digest}.json"
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -119,7 +145,7 @@ def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timi
         record = evaluate_candidate(
             spec, dataset, train, timing, backbone=backbone,
             device="cuda" if use_gpu and torch.cuda.is_available() else "cpu", on_epoch=on_epoch,
-            reference_cache=ReferenceCache(os.path.join(run_dir, "reference_times.json")), on_progress=on_progress,
+            reference_cache=ReferenceCache(reference_cache_path(run_dir)), on_progress=on_progress,
         )
     except Exception as error:  # the sweep goes on; the trial is stored FAIL with this reason
         record = {"status": "failed", "failure_reason": f"{type(error).__name__}: {error}",

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,17 @@ class PostgresServer:
     password: str = field(default_factory=lambda: "SECRET" + secrets.token_hex(8))
     host: str = "127.0.0.1"
     databases: int = 0
+    control: list[str] = field(default_factory=list)  # pg_ctl with its data directory and options
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Restart the server (``pg_ctl``, fast mode), down for ``down_seconds``: every open connection is dropped."""
+        run = dict(check=True, capture_output=True, text=True, timeout=120)
+        if not down_seconds:
+            subprocess.run(_as_postgres([*self.control[:-1], "-m", "fast", "-w", "restart"]), **run)
+            return
+        subprocess.run(_as_postgres([*self.control[:3], "-m", "fast", "-w", "stop"]), **run)
+        time.sleep(down_seconds)
+        subprocess.run(_as_postgres([*self.control[:-1], "-w", "start"]), **run)
 
     def url(self, database: str, with_password: bool = True) -> str:
         auth = f"{self.user}:{self.password}" if with_password else self.user
@@ -97,8 +109,8 @@ def postgres():
                                  f"--pwfile={pwfile}"]), **run)
     pwfile.unlink()
     options = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
-                                 "start"]), **run)
+    server.control = [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "start"]
+    subprocess.run(_as_postgres([*server.control[:-1], "-w", "start"]), **run)
     try:
         yield server
     finally:
