@@ -49,7 +49,7 @@ from runners.credentials import local_ray_environment, mask_url, private_dir
 from runners.dashboard import refresh_figures
 from runners.preflight import check_address, check_resources, check_sweep
 from runners.progress import Progress
-from runners.study import BACKBONE_ROLE, backbone_trial, best_scored, check_run_storage, quiet_optuna, rdb_storage
+from runners.study import BACKBONE_ROLE, backbone_trial, best_scored, check_run_storage, quiet_optuna, rdb_storage, retried
 from runners.worker import PruneBoard, asha_pruner, evaluate_trial, trial_seed
 from runners.yardstick import against_backbone, ensure_backbone_trial
 from search_spaces import SearchSpace, make_sampler
@@ -524,7 +524,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None, *, dataset:
     storage.heartbeat_interval, storage.grace_period = config.heartbeat_interval, config.grace_period
     storage.heartbeat_stale_trial_callback = requeue_stale(config.max_retries, recovered)
     _write_run_config(config)
-    optuna.storages.fail_stale_trials(study)
+    retried(storage, lambda: optuna.storages.fail_stale_trials(study))  # the public API; retried as one call
     if recovered[0]:
         progress.log(f"resuming {config.name}: {recovered[0]} interrupted trial(s) marked failed and queued again")
     if not created:  # the creator queued it in open_study; a joining or resuming driver queues it if it is missing or was lost
@@ -622,7 +622,7 @@ class _Driver:
         while True:
             now = time.monotonic()
             if now >= self.next_stale_check:
-                optuna.storages.fail_stale_trials(self.study)
+                retried(self.ledger.storage, lambda: optuna.storages.fail_stale_trials(self.study))
                 self.fail_unclaimed()
                 self.next_stale_check = now + self.config.heartbeat_interval
             self.ledger.refresh()
