@@ -9,6 +9,7 @@ refused without ``--force``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -30,9 +31,12 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (the sweep's cleanup runs), but exit 143."""
 
 
+_STDOUT = sys.stdout  # the command's result only: main() sends everything else printed to stdout (Ray's log lines) to stderr
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     # names come from user files: no escape sequence reaches the terminal (JSON escapes them itself)
-    print(json.dumps(data, indent=2) if getattr(args, "json", False) else printable(text))
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else printable(text), file=_STDOUT, flush=True)
 
 
 def _integer(value: str) -> int:
@@ -696,8 +700,11 @@ def main(argv: list[str] | None = None) -> int:
         previous, installed = signal.signal(signal.SIGTERM, _terminate), True
     except ValueError:  # not the main thread: leave signals alone
         previous, installed = None, False
+    global _STDOUT
+    _STDOUT = sys.stdout
     try:
-        return args.func(args)
+        with contextlib.redirect_stdout(sys.stderr):  # e.g. "(raylet) ..." lines: --json stays one JSON document
+            return args.func(args)
     except (InputError, FileExistsError) as error:
         print(f"nas {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
