@@ -256,6 +256,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from nas.scores import check_score
     from runners.credentials import storage_option
     from runners.preflight import check_reward
     from runners.results import rescore
@@ -263,6 +264,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     options = {"w": args.w, "v": args.v, "target": args.target, "alpha": args.alpha, "beta": args.beta}
     check_reward(args.reward, {k: v for k, v in options.items() if v is not None})
+    check_score(args.score)  # before the run is opened: a refused command touches nothing
     run = open_run(args.run_dir, storage_option(args.storage))
     rows = rescore(run, args.reward, score=args.score, **options)
     top = rows[: args.top]
