@@ -484,10 +484,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     _memory_warning(activation_elements(spec, config.max_image_size) * config.batch_size * 4, args.device, config)
     out = str(check_output_dir(args.out or f"runs/train-{safe_name(spec.name)}", "--out"))
     data = load_dataset(args.data)
-    print(printable(f"training {spec.name} on {data.name} ({data.num_classes} classes): {config.epochs} epochs, "
-                    f"{config.stages if config.progressive else 1} stage(s), {config.min_image_size}->{config.max_image_size} px, "
-                    f"batch {config.batch_size}; output in {out}"), file=sys.stderr, flush=True)
-    summary = train_progressive(spec, data, config, out, device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+    header = [printable(f"training {spec.name} on {data.name} ({data.num_classes} classes): {config.epochs} epochs, "
+                        f"{config.stages if config.progressive else 1} stage(s), {config.min_image_size}->{config.max_image_size} px, "
+                        f"batch {config.batch_size}; output in {out}")]
+
+    def log(message: str) -> None:  # the header comes with the first line of work: a refused resume stays one line
+        if header:
+            print(header.pop(), file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
+
+    summary = train_progressive(spec, data, config, out, device=args.device, log=log,
                                 lock=DeviceLock.for_device(pick_device(args.device)),  # a sweep's timer on this device stays honest
                                 on_progress=_print_progress)
     plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")

@@ -208,12 +208,17 @@ def adopt_driver_settings(config: SweepConfig, study: optuna.Study, log: Callabl
 
     Every driver of a study works with the same values (a shorter grace period would fail other drivers' live
     trials; "exactly N finished" needs one N): the creator's, stored with the search settings. A later driver
-    that names others says so in one line and adopts the study's. A study from before they were stored gets ours.
+    that names others says so in one line and adopts the study's, except a larger ``n_trials``, which raises the
+    study's (extending a sweep). A study from before they were stored gets ours.
     """
     stored = study.user_attrs.get("drivers")
     if not isinstance(stored, dict):
         study.set_user_attr("drivers", {key: getattr(config, key) for key in DRIVER_SETTINGS})
         return config
+    if config.n_trials > stored.get("n_trials", config.n_trials):  # a larger --trials extends the sweep, for every driver
+        log(f"study {config.name!r}: n_trials raised from {stored['n_trials']} to {config.n_trials}")
+        stored = {**stored, "n_trials": config.n_trials}
+        study.set_user_attr("drivers", stored)
     adopted = replace(config, **{key: stored[key] for key in DRIVER_SETTINGS if key in stored})
     changed = [f"{key}={getattr(adopted, key):g} (not {getattr(config, key):g})" for key in DRIVER_SETTINGS
                if getattr(adopted, key) != getattr(config, key)]

@@ -42,15 +42,18 @@ def test_a_later_driver_adopts_the_study_n_trials_and_liveness_settings(tmp_path
                       evaluate=synthetic)
     assert first["complete"] == 3
     capsys.readouterr()
-    second = run_sweep(_config(tmp_path, n_trials=7, heartbeat_interval=1, grace_period=3), evaluate=synthetic)
+    second = run_sweep(_config(tmp_path, n_trials=2, heartbeat_interval=1, grace_period=3), evaluate=synthetic)
     assert second["complete"] == 3 and second["trials_this_run"] == 0  # one N for the sweep: the study's
     line = [x for x in capsys.readouterr().err.splitlines() if "adopted from the study" in x]
     assert len(line) == 1
-    for text in ("n_trials=3 (not 7)", "heartbeat_interval=2 (not 1)", "grace_period=10 (not 3)", "max_retries=2 (not 1)",
+    for text in ("n_trials=3 (not 2)", "heartbeat_interval=2 (not 1)", "grace_period=10 (not 3)", "max_retries=2 (not 1)",
                  "trial_timeout=99 (not 21600)"):
         assert text in line[0], line
     stored = json.loads((tmp_path / "team" / "config.json").read_text())
     assert (stored["n_trials"], stored["grace_period"], stored["heartbeat_interval"]) == (3, 10, 2)
+    third = run_sweep(_config(tmp_path, n_trials=5), evaluate=synthetic)  # a larger --trials extends the sweep
+    assert third["complete"] == 5 and third["trials_this_run"] == 2
+    assert any("n_trials raised from 3 to 5" in x for x in capsys.readouterr().err.splitlines())
 
 
 def test_a_run_directory_remembers_where_its_study_lives(tmp_path, postgres):

@@ -75,7 +75,7 @@ def _terminate(proc: subprocess.Popen, err: Path) -> tuple[int, str]:
 
 def test_sigterm_stops_search_cleanly_and_the_next_run_recovers_the_trial(tmp_path, tiny_space):
     args = ["search", "--name", "term", "--runs-dir", tmp_path, "--trials", "1", "--concurrent", "1", "--sampler", "random",
-            *tiny_space, "--epochs", "8"]  # a trial long enough to be stopped in flight
+            *tiny_space, "--epochs", "8", "--quiet"]  # a trial long enough to be stopped in flight; no progress lines
     err_file = tmp_path / "err.txt"
     proc = _start(args, err_file)
     db = tmp_path / "term" / "study.db"

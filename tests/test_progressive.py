@@ -114,7 +114,7 @@ def test_resume_after_sigkill(tmp_path):
      (["--max-randaugment", "31"], "RandAugment"), (["--member", "xl"], "xl"), (["--min-randaugment", "-1"], "min_randaugment")],
 )
 def test_bad_input(tmp_path, args, needle):
-    assert_one_line_error(run_nas("train", "efficientnetv2-b0", "--out", tmp_path / "x", *args), needle)
+    assert_one_line_error(run_nas("train", "efficientnetv2-b0", "--data", "digits", "--out", tmp_path / "x", *args), needle)
     assert not (tmp_path / "x").exists()
 
 
