@@ -86,11 +86,13 @@ def _retrying(method):
 
 
 for _name in ("create_new_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name", "get_study_name_from_id",
-              "get_study_directions", "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
-              "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_best_trial", "set_trial_state_values",
-              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
-              "record_heartbeat"):  # the public storage methods a study calls
-    setattr(RetryingStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+              "get_study_directions", "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "_create_new_trial",
+              "_set_trial_param", "get_trial_id_from_study_id_trial_number", "_get_best_trial_id", "set_trial_state_values",
+              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial", "_get_trials",
+              "record_heartbeat", "_get_stale_trial_ids"):  # every call Optuna's study makes (get_all_trials calls _get_trials)
+    # the private names are RDBStorage's own building blocks (its public methods call them): the one place we name them
+    if hasattr(optuna.storages.RDBStorage, _name):
+        setattr(RetryingStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def retried(storage: optuna.storages.BaseStorage, call: Callable[[], Any]) -> Any:

@@ -283,6 +283,8 @@ def snapshot(*roots: Path) -> dict[str, tuple[str, int, str]]:
                 path = Path(folder, name)
                 state[str(path)] = ("dir", path.stat().st_mode, "")
             for name in files:
+                if name.endswith(("-wal", "-shm")):  # SQLite's WAL files exist while any connection is open (this process's too)
+                    continue
                 path = Path(folder, name)
                 state[str(path)] = ("file", path.stat().st_mode, hashlib.sha256(path.read_bytes()).hexdigest())
     return state

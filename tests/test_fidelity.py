@@ -144,7 +144,7 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
 
     from runners.dashboard import nas_study_note, refresh_figures
 
-    assert set(refresh_figures(run.study)) == {"nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity"}
+    assert set(refresh_figures(run.study)) == {"nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity", "nas-summary", "nas-parallel"}
     note = nas_study_note(run.study, run.config.reward)
     assert "Backbone yardstick: trial 0" in note and "Proxy fidelity" in note and "noise ceiling" in note
 
