@@ -65,7 +65,7 @@ def main() -> None:
     result = nas("calibrate", str(run_dir), "--trials", str(args.k), "--epochs", args.grid_epochs, "--image-sizes", args.grid_sizes,
                  "--data-fractions", args.grid_fractions, "--long-epochs", str(args.long_epochs), "--long-image-size",
                  str(args.long_size), "--target", str(args.target), "--concurrent", "2")
-    from runners.calibrate import summary_text
+    from runners.analysis.calibrate import summary_text
 
     print(f"calibrate: {result['bench_wall_seconds']:.0f} s", flush=True)
     print(summary_text(result), flush=True)

@@ -1,6 +1,6 @@
 """The sweep driver's own cost per trial, at the start and at the end of a long sweep.
 
-The real driver (``runners.sweep.run_sweep``) runs with an instant synthetic evaluation injected
+The real driver (``runners.sweep.run.run_sweep``) runs with an instant synthetic evaluation injected
 through its ``evaluate`` parameter (no training, no Ray), random sampler, SQLite storage. Beside
 it, the floor: a bare Optuna ask/tell loop on the same kind of storage that suggests the same
 space and writes the same attributes. Prints seconds per trial over the first and last WINDOW
@@ -23,11 +23,12 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.record import INTERRUPTED  # noqa: E402
 from nas.spec import NetworkSpec  # noqa: E402
 from nas.train import TrainConfig  # noqa: E402
 from runners.config import resolve_config  # noqa: E402
 from runners.study import quiet_optuna, rdb_storage  # noqa: E402
-from runners.sweep import INTERRUPTED, run_sweep  # noqa: E402
+from runners.sweep.run import run_sweep  # noqa: E402
 from search_spaces import SearchSpace, make_sampler  # noqa: E402
 
 

@@ -63,17 +63,17 @@ def candidates(run_dir: Path) -> list[dict]:
 
 
 # ---- the two other ways, each run as `python bench/bench_sweep.py --way W --job FILE` -----------------------
-def _evaluate(item: dict, job: dict, threads: int, reference: str) -> dict:
+def _evaluate(item: dict, job: dict, threads: int, reference: str):
     from dataclasses import replace
 
+    from nas.evaluate import evaluate_candidate
     from nas.spec import NetworkSpec
     from nas.timing import ReferenceCache
     from runners.config import config_from_dict
-    from runners.evaluate import evaluate_candidate
 
     config = config_from_dict(job["config"])
     train = replace(config.train, seed=item["seed"], threads=threads)
-    return evaluate_candidate(NetworkSpec.from_dict(item["spec"]), job["data"], train, config.timing,
+    return evaluate_candidate(NetworkSpec.from_dict(item["spec"]), job["data"], train, timing_config=config.timing,
                               backbone=NetworkSpec.from_dict(job["backbone"]), device="cpu",
                               reference_cache=ReferenceCache(reference))
 
@@ -84,7 +84,7 @@ def run_sequential(job: dict) -> list[float]:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     reference = str(Path(job["scratch"]) / "sequential_reference.json")
-    return [_evaluate(item, job, threads, reference)["accuracy"] for item in job["candidates"]]
+    return [_evaluate(item, job, threads, reference).accuracy for item in job["candidates"]]
 
 
 def run_tune(job: dict) -> list[float]:
@@ -98,7 +98,7 @@ def run_tune(job: dict) -> list[float]:
         import torch
 
         torch.set_num_threads(cpus)  # Ray sets OMP_NUM_THREADS=1 in workers
-        tune.report({"accuracy": _evaluate(job["candidates"][params["index"]], job, cpus, reference)["accuracy"]})
+        tune.report({"accuracy": _evaluate(job["candidates"][params["index"]], job, cpus, reference).accuracy})
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:

@@ -1,16 +1,16 @@
 """Training-aware neural architecture search: specs, models, data, training and scaling.
 
 The Python API (README, "Python API"): ``nas.create_model``, ``nas.load_spec`` and ``nas.user_dataset``
-(:mod:`nas.api`), and ``nas.search`` (:mod:`runners.api`: a sweep needs the driver, so it is loaded on
-first use and ``import nas`` stays light; the core modules never import the runners).
+(:mod:`nas.api`, loaded on first use so ``import nas`` stays light). A sweep from Python is
+``runners.api.search``: it needs the driver, and the core package never imports the runners.
 """
 
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "load_spec", "search", "user_dataset"]
-_LAZY = {"create_model": "nas.api", "load_spec": "nas.api", "user_dataset": "nas.api", "search": "runners.api"}
+__all__ = ["create_model", "load_spec", "user_dataset"]
+_LAZY = {"create_model": "nas.api", "load_spec": "nas.api", "user_dataset": "nas.api"}
 
 
 def __getattr__(name: str) -> Any:

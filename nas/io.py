@@ -19,7 +19,6 @@ from nas.errors import InputError
 from nas.spec import NetworkSpec, SpecError
 from nas.zoo import NAMES, get
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # ANSI escape sequences (CSI, OSC, two-byte) and every other C0/C1 control except newline and tab
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

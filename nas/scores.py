@@ -12,25 +12,32 @@ scores are all "higher is better":
 - ``sotl_last``: minus the last epoch's training loss (its last-epoch form).
 
     >>> curve = [{"val_accuracy": 0.5, "val_loss": 1.2, "train_loss": 1.5}, {"val_accuracy": 0.4, "val_loss": 1.1, "train_loss": 1.0}]
-    >>> proxy_scores({"curve": curve})
+    >>> proxy_scores(TrialRecord(curve=curve))
     {'accuracy': 0.4, 'best_accuracy': 0.5, 'val_loss': -1.1, 'sotl': -2.5, 'sotl_last': -1.0}
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
+
+from nas.errors import InputError
+from nas.record import TrialRecord
 
 SCORES = ("accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last")
 ACCURACY_SCORES = ("accuracy", "best_accuracy")  # in [0, 1]: usable as A in the reward
 
 
-def proxy_scores(record: dict[str, Any]) -> dict[str, float | None]:
+def proxy_scores(record: TrialRecord | Mapping[str, Any]) -> dict[str, float | None]:
     """Every score of :data:`SCORES` from ``record``'s curve; None where the record lacks what a score needs.
 
-    A record without a curve (or an empty one) still gives ``accuracy`` from its ``accuracy`` field.
+    A record without a curve (or an empty one) still gives ``accuracy`` from its final accuracy. ``record``
+    may be a stored record's attributes (a trial's, or a fidelity retraining's).
     """
-    curve = [epoch for epoch in record.get("curve") or [] if isinstance(epoch, dict)]
+    if not isinstance(record, TrialRecord):
+        record = TrialRecord.from_attrs(record)
+    curve = [epoch for epoch in record.curve or [] if isinstance(epoch, dict)]
 
     def column(name: str) -> list[float] | None:
         values = [epoch.get(name) for epoch in curve]
@@ -38,7 +45,7 @@ def proxy_scores(record: dict[str, Any]) -> dict[str, float | None]:
         return [float(v) for v in values] if ok else None
 
     accuracy, val_loss, train_loss = column("val_accuracy"), column("val_loss"), column("train_loss")
-    final = record.get("final_accuracy", record.get("accuracy"))  # a record scored by another A keeps the final one
+    final = record.final_accuracy if record.final_accuracy is not None else record.accuracy  # scored by another A: the final one
     return {
         "accuracy": accuracy[-1] if accuracy else (float(final) if isinstance(final, (int, float)) else None),
         "best_accuracy": max(accuracy) if accuracy else None,
@@ -50,8 +57,6 @@ def proxy_scores(record: dict[str, Any]) -> dict[str, float | None]:
 
 def check_score(name: str, allowed: tuple[str, ...] = SCORES, field: str = "score") -> str:
     """``name`` if it is one of ``allowed``, else the project's one-line InputError naming ``field``."""
-    from nas.errors import InputError
-
     if name not in allowed:
         raise InputError(f"{field}: {name!r} is not allowed, allowed {', '.join(allowed)}")
     return name

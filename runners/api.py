@@ -1,6 +1,6 @@
-"""``nas.search``: a sweep from Python, on the user's own tensors or ``torch.utils.data.Dataset``, with any reward.
+"""``runners.api.search``: a sweep from Python, on the user's own tensors or ``torch.utils.data.Dataset``, with any reward.
 
-    summary = nas.search((x_train, y_train), reward=lambda a, s, p: a * s**-0.1, name="mine", trials=8, epochs=3)
+    summary = search((x_train, y_train), reward=lambda a, s, p: a * s**-0.1, name="mine", trials=8, epochs=3)
 
 The study records what ran: ``data`` names the user data (counts, shape, classes, a content hash)
 and ``reward`` is ``{"name": "custom", "function": "module.qualname"}`` for a function. ``nas
@@ -14,7 +14,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from nas.api import user_dataset
 from nas.errors import InputError
+from runners.analysis.results import export as write_export
+from runners.config import resolve_config
+from runners.preflight import undo_new_run
+from runners.study import open_run
+from runners.sweep.run import run_sweep
 
 Reward = Callable[[float, float, float], float]
 
@@ -47,11 +53,6 @@ def search(data: Any = "digits", *, reward: str | dict | Reward | None = None, t
     ``export``: write the best trial's ``arch.json`` there (as ``nas export RUN_DIR -o PATH --force``), its
     path in the summary as ``exported``. Other keywords are sweep config keys (``sampler``, ``seed``, ``backbone``, ``space``, ``max_concurrent``, ...).
     """
-    from nas.api import user_dataset
-    from runners.config import resolve_config
-    from runners.preflight import undo_new_run
-    from runners.sweep import run_sweep
-
     dataset = None
     if not isinstance(data, str):
         dataset = user_dataset(data, test, num_classes=num_classes)
@@ -63,8 +64,5 @@ def search(data: Any = "digits", *, reward: str | dict | Reward | None = None, t
     with undo_new_run(config):
         summary = run_sweep(config, dataset=dataset, reward=function)
     if export is not None and summary["best_trial"] is not None:
-        from runners.results import export as write_export
-        from runners.study import open_run
-
         summary["exported"] = str(write_export(open_run(config.run_dir, config.storage), "best", export, force=True)[0])
     return summary

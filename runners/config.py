@@ -22,7 +22,7 @@ from runners.credentials import mask_url, remember_secret
 from search_spaces import SAMPLERS
 
 OBJECTIVES = ("reward", "multi")
-CUSTOM_REWARD = "custom"  # a reward function given to the Python API (nas.search), recorded by name
+CUSTOM_REWARD = "custom"  # a reward function given to the Python API (runners.api.search), recorded by name
 PRUNERS = ("none", "asha")
 
 # the embedded default: finishes on a 2-core CPU in a few minutes (README quickstart)
@@ -112,7 +112,7 @@ class SweepConfig:
             raise InputError(f"pruner: {self.pruner!r} is not allowed, allowed {', '.join(PRUNERS)}")
         if not isinstance(self.reward, dict) or "name" not in self.reward:
             raise InputError("reward: expected a mapping with a 'name' (paper, constrained, accuracy) and its options")
-        if self.reward["name"] == CUSTOM_REWARD:  # a Python function given to nas.search: its name is recorded
+        if self.reward["name"] == CUSTOM_REWARD:  # a Python function given to runners.api.search: its name is recorded
             if set(self.reward) != {"name", "function"} or not isinstance(self.reward["function"], str):
                 raise InputError("reward: custom takes only 'function' (the function's module.name), allowed {name: custom, function: NAME}")
         else:
@@ -137,7 +137,7 @@ class SweepConfig:
     def reward_function(self):
         if self.reward["name"] == CUSTOM_REWARD:
             raise InputError(f"reward: this sweep's reward is the Python function {self.reward['function']}; "
-                             "run it through the Python API, allowed nas.search(..., reward=FUNCTION)")
+                             "run it through the Python API, allowed runners.api.search(..., reward=FUNCTION)")
         return get_reward(self.reward["name"], **{k: v for k, v in self.reward.items() if k != "name"})
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,12 +17,12 @@ import optuna
 
 from nas.errors import InputError
 from nas.io import read_json_mapping
+from nas.record import TrialRecord, record_of
 from nas.spec import NetworkSpec
 from runners.config import SweepConfig, check_storage_url, config_from_dict
 from runners.credentials import STORAGE_ENV, is_masked, mask_url, remember_secret, same_database, scrub
 
 MADE_BY = "a run directory made by `nas search`"
-RAW_METRICS = ("accuracy", "normalized_step_time", "normalized_params", "step_time_ms", "params")
 
 
 def quiet_optuna() -> None:
@@ -249,13 +249,40 @@ def open_run(run_dir: str | Path, storage: str | None = None) -> Run:
     return Run(path, config, study, storage)
 
 
-BACKBONE_ROLE = "backbone"  # user attribute ``role`` of the yardstick trial (runners.yardstick)
+TrialState = optuna.trial.TrialState
+KINDS = ("complete", "pruned", "failed", "interrupted", "surplus", "backbone")  # how a finished trial counts
+
+
+def kind(state: TrialState, record: TrialRecord) -> str:
+    """How a finished trial counts in a sweep: only complete, pruned and failed (and interrupted trials not queued
+    again) count toward ``n_trials``; the backbone and a surplus trial never do. The one counting rule of the project.
+    """
+    if record.is_backbone:
+        return "backbone"
+    if state == TrialState.FAIL and record.interrupted:
+        return "interrupted"
+    if state == TrialState.FAIL and record.surplus:
+        return "surplus"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(state, "failed")
+
+
+def sweep_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """Finished trials by :func:`kind`, without the backbone and surplus (as ``nas search`` reports them)."""
+    counts = dict.fromkeys(KINDS[:4], 0)
+    backbone = backbone_numbers(trials)
+    for trial in trials:
+        if trial.state.is_finished() and trial.number not in backbone:
+            found = kind(trial.state, record_of(trial))
+            if found in counts:
+                counts[found] += 1
+    return counts
 
 
 def backbone_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Numbers of the backbone trials: ``role = "backbone"``, and retries of them (``retry_of``) after a kill."""
-    numbers = {t.number for t in trials if t.user_attrs.get("role") == BACKBONE_ROLE}
-    retries = {t.number: t.user_attrs.get("retry_of") for t in trials if "retry_of" in t.user_attrs}
+    records = {t.number: record_of(t) for t in trials}
+    numbers = {n for n, r in records.items() if r.is_backbone}
+    retries = {n: r.retry_of for n, r in records.items() if r.retry_of is not None}
     grown = True
     while grown:  # a retry of a retry of the backbone is the backbone too
         more = {n for n, source in retries.items() if source in numbers} - numbers
@@ -265,36 +292,33 @@ def backbone_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
 
 
 def _has_metrics(trial: optuna.trial.FrozenTrial) -> bool:
-    return "reward" in trial.user_attrs and "normalized_step_time" in trial.user_attrs
+    record = record_of(trial)
+    return record.reward is not None and record.normalized_step_time is not None
 
 
 def scored_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Finished search trials with a reward and raw metrics: not failed, pruned, running, nor the backbone yardstick."""
     trials = study.get_trials(deepcopy=False)
     backbone = backbone_numbers(trials)
-    return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and _has_metrics(t) and t.number not in backbone]
+    return [t for t in trials if t.state == TrialState.COMPLETE and _has_metrics(t) and t.number not in backbone]
 
 
 def backbone_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The finished backbone yardstick trial with its metrics (the latest if several), or None."""
     trials = study.get_trials(deepcopy=False)
     backbone = backbone_numbers(trials)
-    done = [t for t in trials if t.number in backbone and t.state == optuna.trial.TrialState.COMPLETE and _has_metrics(t)]
+    done = [t for t in trials if t.number in backbone and t.state == TrialState.COMPLETE and _has_metrics(t)]
     return done[-1] if done else None
 
 
 def best_scored(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The scored trial with the highest reward (lowest number on ties); None before any finishes."""
     trials = scored_trials(study)
-    return max(trials, key=lambda t: (t.user_attrs["reward"], -t.number)) if trials else None
+    return max(trials, key=lambda t: (record_of(t).reward, -t.number)) if trials else None
 
 
 def trial_spec(trial: optuna.trial.FrozenTrial) -> NetworkSpec:
-    return NetworkSpec.from_dict(trial.user_attrs["spec"])
-
-
-def raw_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
-    return {key: trial.user_attrs[key] for key in RAW_METRICS if key in trial.user_attrs}
+    return NetworkSpec.from_dict(record_of(trial).spec)
 
 
 def stage_rows(spec: NetworkSpec) -> list[dict[str, Any]]:

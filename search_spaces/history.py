@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 
 from nas.errors import InputError
+from nas.record import record_of
 
 TrialState = optuna.trial.TrialState
 Distribution = optuna.distributions.BaseDistribution
@@ -56,9 +57,10 @@ def trial_reward(trial: optuna.trial.FrozenTrial, directions: list[optuna.study.
 
     The backbone yardstick (``role = "backbone"``) and trials without a finite reward give None.
     """
-    if trial.user_attrs.get("role") == "backbone":
+    record = record_of(trial)
+    if record.is_backbone:
         return None
-    value = trial.user_attrs.get("reward")
+    value = record.reward
     if value is None and trial.values is not None and len(trial.values) == 1:
         value = trial.values[0] if directions[0] == optuna.study.StudyDirection.MAXIMIZE else -trial.values[0]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):

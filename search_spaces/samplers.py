@@ -13,6 +13,8 @@ import warnings
 import optuna
 
 from nas.errors import InputError
+from search_spaces.evolution import RegularizedEvolutionSampler
+from search_spaces.rl import ReinforceSampler
 
 SAMPLERS = ("tpe", "random", "qmc", "nsga2", "rl", "evolution")
 
@@ -30,11 +32,7 @@ def make_sampler(name: str, seed: int | None = 0) -> optuna.samplers.BaseSampler
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
         if name == "rl":
-            from search_spaces.rl import ReinforceSampler
-
             return ReinforceSampler(seed=seed)
         if name == "evolution":
-            from search_spaces.evolution import RegularizedEvolutionSampler
-
             return RegularizedEvolutionSampler(seed=seed)
     raise InputError(f"sampler: unknown sampler {name!r}, allowed {', '.join(SAMPLERS)}")

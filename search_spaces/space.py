@@ -28,6 +28,18 @@ DEFAULT_EXPANSIONS = (1, 4, 6)
 DEFAULT_SE_RATIO = 0.25  # MBConv gets SE, Fused-MBConv none, unless a stage sets se_ratio
 
 
+CHOICES = ("op", "layers", "kernel", "expansion")  # per stage, in the order of spec_from_choices' tuples
+
+
+def param_name(stage: int, choice: str) -> str:
+    """The Optuna parameter of one choice of stage ``stage`` (1-based): the space's only naming rule.
+
+        >>> param_name(3, "op")
+        'stage3.op'
+    """
+    return f"stage{stage}.{choice}"
+
+
 @dataclass(frozen=True)
 class StageChoices:
     """The choices for one stage. ``se_ratio=None`` means "follows the operator" (0.25 MBConv, 0 fused).
@@ -133,26 +145,40 @@ class SearchSpace:
 
     # ---- the define-by-run sampler -----------------------------------------------------
     def suggest(self, trial: Any) -> NetworkSpec:
-        """Map an Optuna trial to a spec; parameters are named ``stage3.op``, ``stage3.layers``, ...
+        """Map an Optuna trial to a spec; parameters are named ``stage3.op``, ``stage3.layers``, ... (:func:`param_name`).
 
         Only ``trial.suggest_*`` calls happen here: no training, no I/O.
         """
         choices = {}
         for number, stage in enumerate(self.stages, 1):
             choices[number] = (
-                trial.suggest_categorical(f"stage{number}.op", list(stage.operators)),
-                trial.suggest_int(f"stage{number}.layers", stage.min_layers, stage.max_layers),
-                trial.suggest_categorical(f"stage{number}.kernel", list(stage.kernels)),
-                trial.suggest_categorical(f"stage{number}.expansion", list(stage.expansions)),
+                trial.suggest_categorical(param_name(number, "op"), list(stage.operators)),
+                trial.suggest_int(param_name(number, "layers"), stage.min_layers, stage.max_layers),
+                trial.suggest_categorical(param_name(number, "kernel"), list(stage.kernels)),
+                trial.suggest_categorical(param_name(number, "expansion"), list(stage.expansions)),
             )
         return self.spec_from_choices(choices)
 
     def spec_from_params(self, params: dict[str, Any]) -> NetworkSpec:
         """The spec for a stored trial's ``params`` (inverse of :meth:`suggest`)."""
-        return self.spec_from_choices({
-            n: (params[f"stage{n}.op"], params[f"stage{n}.layers"], params[f"stage{n}.kernel"], params[f"stage{n}.expansion"])
-            for n in range(1, len(self.stages) + 1)
-        })
+        return self.spec_from_choices({n: tuple(params[param_name(n, c)] for c in CHOICES) for n in range(1, len(self.stages) + 1)})
+
+    def params_for(self, spec: NetworkSpec) -> dict[str, Any] | None:
+        """The parameters under which :meth:`suggest` yields ``spec`` (e.g. the backbone); None if the space excludes it.
+
+            >>> space = SearchSpace.default("efficientnetv2-b0")
+            >>> space.spec_from_params(space.params_for(space.backbone)).key() == space.backbone.key()
+            True
+        """
+        params: dict[str, Any] = {}
+        for number, (choice, stage) in enumerate(zip(self.stages, spec.stages, strict=True), 1):
+            if (stage.operator not in choice.operators or not choice.min_layers <= stage.layers <= choice.max_layers
+                    or stage.kernel not in choice.kernels or stage.expansion not in choice.expansions
+                    or choice.se_for(stage.operator) != stage.se_ratio):
+                return None
+            values = (stage.operator, stage.layers, stage.kernel, stage.expansion)
+            params.update({param_name(number, c): v for c, v in zip(CHOICES, values, strict=True)})
+        return params
 
     def spec_from_choices(self, choices: dict[int, tuple[str, int, int, int]]) -> NetworkSpec:
         stages = tuple(

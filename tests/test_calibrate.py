@@ -3,7 +3,7 @@
 import pytest
 
 from nas.errors import InputError
-from runners.calibrate import CalibrationConfig, choose, cost_of, frontier, snippet
+from runners.analysis.calibrate import CalibrationConfig, choose, cost_of, frontier, snippet
 from runners.config import resolve_config
 
 
@@ -49,7 +49,7 @@ def test_calibration_config_validation():
 
 
 def test_sweep_accepts_data_fraction_and_score_and_older_studies_still_resume():
-    from runners.sweep import search_settings, settings_difference
+    from runners.sweep.settings import search_settings, settings_difference
     from search_spaces import SearchSpace
 
     space = SearchSpace.from_config({})

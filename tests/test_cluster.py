@@ -18,7 +18,7 @@ from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import resolve_config
 from runners.study import open_run
-from runners.sweep import run_sweep
+from runners.sweep.run import run_sweep
 from tests.conftest import assert_one_line_error, run_nas
 from tests.test_team import RAY, _alive_nodes, _free_port, _stop, descendants
 from tests.test_team import TINY as TEAM_TINY

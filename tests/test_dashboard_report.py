@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from runners.results import best_trial
+from runners.analysis.results import best_trial
 from runners.study import open_run
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 

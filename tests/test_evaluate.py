@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from nas.data import load_dataset
+from nas.evaluate import evaluate_candidate
 from nas.model import count_spec_params
 from nas.step import TrainStep
 from nas.timing import ReferenceCache, TimingConfig, timing_step
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
-from runners.evaluate import evaluate_candidate
 from tests.conftest import run_nas
 
 TINY_TIMING = TimingConfig(batch_size=8, image_size=32, warmup=1, steps=3)
@@ -68,17 +68,17 @@ def test_record_fields_and_normalization_against_another_backbone(tmp_path):
     planted = 1234.5  # ms; no real 5-image step on this machine takes that long, so a measured value would differ
     train = TrainConfig(epochs=1, image_size=16, threads=2)
     (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu", train): planted}))
-    record = evaluate_candidate(candidate, "digits", train, timing,
+    record = evaluate_candidate(candidate, "digits", train, timing_config=timing,
                                 backbone=backbone, reference_cache=cache)
     for key in ("accuracy", "val_loss", "curve", "step_time_ms", "step_time_iqr_ms", "normalized_step_time", "params",
                 "macs", "peak_memory_mb", "throughput_img_s", "device", "torch_version", "wall_seconds", "seed"):
-        assert key in record, key
-    assert record["status"] == "ok" and record["backbone"] == "efficientnet-b0"
-    assert record["reference_step_time_ms"] == planted
-    assert record["normalized_step_time"] == record["step_time_ms"] / planted
-    assert record["params"] == count_spec_params(candidate) and record["reference_params"] == count_spec_params(backbone)
-    assert record["normalized_params"] == count_spec_params(candidate) / count_spec_params(backbone) != 1.0
-    assert record["timed_step"] == record["trained_step"] and record["timed_step"]["optimizer"] == "AdamW"
+        assert getattr(record, key) is not None, key
+    assert record.status == "ok" and record.backbone == "efficientnet-b0"
+    assert record.reference_step_time_ms == planted
+    assert record.normalized_step_time == record.step_time_ms / planted
+    assert record.params == count_spec_params(candidate) and record.reference_params == count_spec_params(backbone)
+    assert record.normalized_params == count_spec_params(candidate) / count_spec_params(backbone) != 1.0
+    assert record.timed_step == record.trained_step and record.timed_step["optimizer"] == "AdamW"
 
 
 def test_evaluate_cli_json():
@@ -105,11 +105,11 @@ def test_timing_times_the_step_that_trains(optimizer):
     assert all(p.ndim <= 1 for p in built.optimizer.param_groups[1]["params"])  # BN and biases: no decay
     if optimizer == "sgd":
         assert built.optimizer.defaults["momentum"] == 0.8 and built.optimizer.defaults["nesterov"] is True
-    record = evaluate_candidate(spec, "digits", config, TINY_TIMING)
-    assert record["status"] == "ok", record["failure_reason"]
-    assert record["timed_step"] == record["trained_step"] == built.describe()
-    assert record["trained_step"]["optimizer"] == expected.__name__
-    assert record["timed_step"]["label_smoothing"] == 0.2
+    record = evaluate_candidate(spec, "digits", config, timing_config=TINY_TIMING)
+    assert record.status == "ok", record.failure_reason
+    assert record.timed_step == record.trained_step == built.describe()
+    assert record.trained_step["optimizer"] == expected.__name__
+    assert record.timed_step["label_smoothing"] == 0.2
 
 
 def test_train_step_mixup_targets_and_stats():

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from runners.cli import make_parser, train_config
+from runners.cli import make_parser
+from runners.cli.train import train_config
 from tests.conftest import assert_one_line_error, run_nas
 
 
@@ -116,14 +117,15 @@ def test_data_path_error_suggests_the_folder_inside(tmp_path):
 def test_progress_line_formats():
     import io
 
-    from runners.progress import Progress
+    from nas.record import TrialRecord
+    from runners.sweep.progress import Progress
 
     stream = io.StringIO()
     progress = Progress(3, quiet=False, stream=stream)
     progress.trial_started(0, json.loads(json.dumps({"stages": [{"operator": "mbconv", "layers": 2, "kernel": 3, "expansion": 4}]})),
                            "on this machine", backbone=True)
-    progress.trial_finished(0, {"status": "ok", "accuracy": 0.9, "normalized_step_time": 1.0, "normalized_params": 1.0,
-                                "reward": 0.9}, backbone=True)
+    progress.trial_finished(0, TrialRecord(status="ok", accuracy=0.9, normalized_step_time=1.0, normalized_params=1.0, reward=0.9),
+                            backbone=True)
     progress.update(1, 0, 0, 0, (0.85, 1, "stem32 ..."))
     text = stream.getvalue()
     assert "backbone (trial 0) started: M2k3e4 on this machine" in text

@@ -9,8 +9,17 @@ from scipy import stats
 
 from nas.errors import InputError
 from nas.spec import NetworkSpec
-from runners import fidelity
-from runners.fidelity import PREFIX, REPLICA_PREFIX, fraction_of, kendall_tau, score_table, spearman, tau_interval, top_k_overlap
+from runners.analysis import fidelity
+from runners.analysis.fidelity import (
+    PREFIX,
+    REPLICA_PREFIX,
+    fraction_of,
+    kendall_tau,
+    score_table,
+    spearman,
+    tau_interval,
+    top_k_overlap,
+)
 from runners.study import backbone_trial, best_scored, open_run, scored_trials
 from tests.conftest import assert_one_line_error, run_nas
 
@@ -53,22 +62,22 @@ def test_ceiling_fraction_and_bootstrap_interval_on_planted_data_with_ties():
 
 
 def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
+    from nas.evaluate import evaluate_candidate
     from nas.scores import proxy_scores
     from nas.timing import TimingConfig
     from nas.train import TrainConfig
     from nas.zoo import get
-    from runners.evaluate import evaluate_candidate
 
     config = TrainConfig(epochs=2, image_size=16, batch_size=32, data_fraction=0.1, score="best_accuracy", threads=1)
-    record = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", config, TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3),
+    record = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", config, timing_config=TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3),
                                 lock=False)
-    curve = record["curve"]
-    assert record["status"] == "ok" and len(curve) == 2
+    curve = record.curve
+    assert record.status == "ok" and len(curve) == 2
     full = round(1797 * 0.8)  # digits, 20 % held out for validation
     assert all(epoch["images"] <= full // 10 for epoch in curve)  # the proxy trained on a tenth of the training split
-    assert record["accuracy"] == max(e["val_accuracy"] for e in curve) and record["final_accuracy"] == curve[-1]["val_accuracy"]
+    assert record.accuracy == max(e["val_accuracy"] for e in curve) and record.final_accuracy == curve[-1]["val_accuracy"]
     scores = proxy_scores(record)
-    assert scores == {"accuracy": curve[-1]["val_accuracy"], "best_accuracy": record["accuracy"], "val_loss": -curve[-1]["val_loss"],
+    assert scores == {"accuracy": curve[-1]["val_accuracy"], "best_accuracy": record.accuracy, "val_loss": -curve[-1]["val_loss"],
                       "sotl": -(curve[0]["train_loss"] + curve[1]["train_loss"]), "sotl_last": -curve[-1]["train_loss"]}
     assert proxy_scores({"accuracy": 0.5}) == {"accuracy": 0.5, "best_accuracy": None, "val_loss": None, "sotl": None, "sotl_last": None}
     with pytest.raises(InputError, match="score"):
@@ -142,7 +151,8 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     assert "Proxy fidelity" in page and "seed ceiling" in page and "Backbone yardstick" in page and "<table id='yardstick'>" in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # reward, Pareto, choices, fidelity scatter
 
-    from runners.dashboard import nas_study_note, refresh_figures
+    from runners.analysis.dashboard import nas_study_note
+    from runners.analysis.figures import refresh_figures
 
     assert set(refresh_figures(run.study)) == {"nas-a-vs-s", "nas-reward", "nas-choices", "nas-fidelity", "nas-summary", "nas-parallel"}
     note = nas_study_note(run.study, run.config.reward)

@@ -14,9 +14,10 @@ import numpy as np
 import optuna
 import pytest
 
+from nas.record import INTERRUPTED
 from runners.config import resolve_config
 from runners.study import rdb_storage
-from runners.sweep import INTERRUPTED, run_sweep
+from runners.sweep.run import run_sweep
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 
 pytestmark = pytest.mark.slow
@@ -146,8 +147,7 @@ def test_drivers_opening_a_new_study_at_once_queue_one_backbone(storage):
     """The creator queues the yardstick before it stores the settings a loading driver waits for."""
     import threading
 
-    from runners.sweep import open_study, search_settings
-    from runners.yardstick import ensure_backbone_trial
+    from runners.sweep.settings import ensure_backbone_trial, open_study, search_settings
     from search_spaces import SearchSpace
 
     space = SearchSpace.from_config({})

@@ -8,7 +8,7 @@ import pytest
 
 from nas.io import load_spec
 from nas.model import build, count_params
-from runners.results import rescore
+from runners.analysis.results import rescore
 from runners.study import open_run
 from tests.conftest import assert_one_line_error, run_nas
 

@@ -158,7 +158,7 @@ def test_cluster_resources_checked_after_ray_starts_and_nothing_left(tmp_path):
     import ray
 
     from runners.preflight import undo_new_run
-    from runners.sweep import run_sweep
+    from runners.sweep.run import run_sweep
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")

@@ -154,7 +154,7 @@ def test_multi_objective_sweep_and_pareto_front(tmp_path, small_space):
     for trial in run.finished():
         a = trial.user_attrs
         assert trial.values == [a["accuracy"], a["normalized_step_time"], a["normalized_params"]]
-    from runners.results import pareto_trials
+    from runners.analysis.results import pareto_trials
 
     front = {t.number for t in pareto_trials(run)}
     assert front and front <= {t.number for t in run.finished()}

@@ -96,7 +96,7 @@ def test_mask_url_and_scrub(monkeypatch):
 LOCAL_RAY = """
 import json, os, sys
 from runners.config import SweepConfig
-from runners.sweep import init_ray
+from runners.ray_cluster import init_ray
 from tests.test_team import descendants, listening_addresses
 init_ray(SweepConfig(ray_tmpdir=sys.argv[1]))
 import ray

@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from nas.record import OK, PRUNED, TrialRecord
+
 IN_TRIAL_SECONDS = 5.0  # at most one in-trial line per trial this often
 
 
@@ -33,15 +35,18 @@ def short_name(spec: Any) -> str:
                     for s in stages)
 
 
-def outcome(record: dict[str, Any]) -> str:
-    """``A .., S .., P .., reward ..`` of a finished record, or why it did not finish."""
-    status = record.get("status", "failed")
-    if status == "ok" and record.get("reward") is not None:
-        return (f"A {record['accuracy']:.4f}, S {record['normalized_step_time']:.3f}, P {record['normalized_params']:.3f}, "
-                f"reward {record['reward']:.4f}")
-    if status == "pruned":
-        return f"pruned after {record.get('epochs_run', '?')} epoch(s), A {record.get('accuracy') or 0:.4f}"
-    return f"failed: {str(record.get('failure_reason') or 'unknown')[:160]}"
+def outcome(record: TrialRecord) -> str:
+    """``A .., S .., P .., reward ..`` of a finished record, or why it did not finish.
+
+    >>> outcome(TrialRecord(status="ok", accuracy=0.9, normalized_step_time=1.2, normalized_params=0.5, reward=0.88))
+    'A 0.9000, S 1.200, P 0.500, reward 0.8800'
+    """
+    if record.ok and record.reward is not None:
+        a, s, p = record.asp
+        return f"A {a:.4f}, S {s:.3f}, P {p:.3f}, reward {record.reward:.4f}"
+    if record.status == PRUNED:
+        return f"pruned after {record.epochs_run or '?'} epoch(s), A {record.accuracy or 0:.4f}"
+    return f"failed: {str(record.failure_reason or 'unknown')[:160]}"
 
 
 def versus_backbone(best: tuple[float, int] | None, backbone_reward: float | None) -> str:
@@ -109,17 +114,17 @@ class Progress:
         parts.append(f"{now - self.started_at.get(number, now):.0f} s")
         self.say(f"{self.labels.get(number, f'trial {number}')}: {', '.join(parts)}")
 
-    def trial_finished(self, number: int, record: dict[str, Any], backbone: bool = False) -> None:
+    def trial_finished(self, number: int, record: TrialRecord, backbone: bool = False) -> None:
         start = self.started_at.pop(number, None)
         self.last_line.pop(number, None)
         label = self.labels.pop(number, self.label(number, backbone))
         seconds = time.monotonic() - start if start is not None else None
-        if seconds is not None and record.get("status") in ("ok", "pruned"):
+        if seconds is not None and record.status in (OK, PRUNED):
             self.durations.append(seconds)
-        if backbone and record.get("status") == "ok" and record.get("reward") is not None:
-            self.backbone_reward = float(record["reward"])
+        if backbone and record.ok and record.reward is not None:
+            self.backbone_reward = float(record.reward)
         took = f" in {seconds:.0f} s" if seconds is not None else ""
-        where = f" on {record['host']} ({record.get('device', '?')})" if record.get("host") else ""
+        where = f" on {record.host} ({record.device or '?'})" if record.host else ""
         self.say(f"{label} finished{took}{where}: {outcome(record)}")
 
     def eta(self, done: int, running: int) -> str:

@@ -12,9 +12,14 @@ from pathlib import Path
 import optuna
 
 from nas.io import atomic_write_text
-from runners.results import pareto_trials
+from nas.record import METRICS, REWARD, record_of
+from rewards import pareto_front
+from runners.analysis.fidelity import audit, score_lines
+from runners.analysis.results import pareto_trials
 from runners.study import Run, backbone_numbers, backbone_trial, scored_trials
-from runners.yardstick import compare
+from runners.study import sweep_counts as study_counts
+from runners.yardstick import against_backbone, compare, verdict
+from search_spaces.space import param_name
 
 MIN_TOP = 5  # choice frequencies of a top group smaller than this say nothing (every bar 0 or 1)
 CURVES = 5  # learning curves of this many top trials (and the backbone)
@@ -42,19 +47,14 @@ def reward_formula(reward: dict) -> str:
 
 
 def sweep_counts(run: Run) -> dict[str, int]:
-    """Trial counts as ``nas search`` prints them: the backbone apart, surplus trials left out."""
+    """Trial counts as ``nas search`` prints them (:func:`runners.study.sweep_counts`), the running ones and the backbone."""
     trials = run.study.get_trials(deepcopy=False)
+    counts = study_counts(trials)
     backbone = backbone_numbers(trials)
-    counts = Counter()
-    for t in trials:
-        if t.number in backbone:
-            continue
-        reason = str(t.user_attrs.get("failure_reason") or "")
-        if t.state.name == "FAIL" and reason.startswith("surplus"):
-            continue
-        counts[{"FAIL": "failed"}.get(t.state.name, t.state.name.lower())] += 1
-    return {"complete": counts["complete"], "pruned": counts["pruned"], "failed": counts["failed"],
-            "running": counts["running"] + counts["waiting"], "backbone": len(backbone)}
+    running = sum(not t.state.is_finished() and t.number not in backbone for t in trials)
+    return {"complete": counts["complete"], "pruned": counts["pruned"], "failed": counts["failed"] + counts["interrupted"],
+            "running": running, "backbone": len(backbone)}
+
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
@@ -79,7 +79,7 @@ def reward_plot(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.F
 
     figure, axis = plt.subplots(figsize=(8, 3.5))
     numbers = [t.number for t in trials]
-    rewards = [t.user_attrs["reward"] for t in trials]
+    rewards = [record_of(t).reward for t in trials]
     best, running = [], float("-inf")
     for r in rewards:
         running = max(running, r)
@@ -87,8 +87,8 @@ def reward_plot(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.F
     axis.scatter(numbers, rewards, s=18, label="trial reward")
     axis.step(numbers, best, where="post", color="C3", label="best so far")
     if backbone is not None:
-        axis.axhline(backbone.user_attrs["reward"], color="red", linestyle="--", linewidth=1,
-                     label=f"backbone (trial {backbone.number}) {backbone.user_attrs['reward']:.4f}")
+        axis.axhline(record_of(backbone).reward, color="red", linestyle="--", linewidth=1,
+                     label=f"backbone (trial {backbone.number}) {record_of(backbone).reward:.4f}")
     axis.set(xlabel="trial", ylabel="reward", title="Reward over trials")
     axis.legend()
     return figure
@@ -99,24 +99,22 @@ def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    s = [t.user_attrs["normalized_step_time"] for t in trials]
-    a = [t.user_attrs["accuracy"] for t in trials]
-    p = [t.user_attrs["normalized_params"] for t in trials]
+    s = [record_of(t).normalized_step_time for t in trials]
+    a = [record_of(t).accuracy for t in trials]
+    p = [record_of(t).normalized_params for t in trials]
     points = axis.scatter(s, a, c=p, s=[30 + 40 * x for x in p], cmap="viridis", alpha=0.8)
     figure.colorbar(points, label="P (params / backbone)")
-    from rewards import pareto_front
-
-    axis.scatter([t.user_attrs["normalized_step_time"] for t in front], [t.user_attrs["accuracy"] for t in front], s=140,
+    axis.scatter([record_of(t).normalized_step_time for t in front], [record_of(t).accuracy for t in front], s=140,
                  facecolors="none", edgecolors="red", linewidths=1.5, label="on the (A, S, P) Pareto front")
     two_d = sorted((trials[i] for i in pareto_front(list(zip(a, s)), ["maximize", "minimize"])),
-                   key=lambda t: t.user_attrs["normalized_step_time"])
-    axis.step([t.user_attrs["normalized_step_time"] for t in two_d], [t.user_attrs["accuracy"] for t in two_d], "r--",
+                   key=lambda t: record_of(t).normalized_step_time)
+    axis.step([record_of(t).normalized_step_time for t in two_d], [record_of(t).accuracy for t in two_d], "r--",
               where="post", linewidth=1, label="(A, S) front")
     for t in trials:
-        axis.annotate(str(t.number), (t.user_attrs["normalized_step_time"], t.user_attrs["accuracy"]), fontsize=7,
+        axis.annotate(str(t.number), (record_of(t).normalized_step_time, record_of(t).accuracy), fontsize=7,
                       xytext=(4, 4), textcoords="offset points")
     if backbone is not None:
-        axis.scatter([backbone.user_attrs["normalized_step_time"]], [backbone.user_attrs["accuracy"]], marker="*", s=260, color="red",
+        axis.scatter([record_of(backbone).normalized_step_time], [record_of(backbone).accuracy], marker="*", s=260, color="red",
                      label=f"backbone (trial {backbone.number})", zorder=5)
     axis.set(xlabel="S (training step time / backbone)", ylabel="A (validation accuracy)", title="Accuracy vs training step time")
     axis.legend()
@@ -131,7 +129,7 @@ def choice_plot(trials: list[optuna.trial.FrozenTrial], top: list[optuna.trial.F
     figure, axes = plt.subplots(3, stages, figsize=(2.2 * stages, 6.5), squeeze=False)
     for row, (what, name) in enumerate((("op", "operator"), ("kernel", "kernel"), ("expansion", "expansion"))):
         for column in range(stages):
-            key = f"stage{column + 1}.{what}"
+            key = param_name(column + 1, what)
             axis = axes[row][column]
             values = sorted({t.params[key] for t in trials if key in t.params}, key=str)
             every = Counter(t.params.get(key) for t in trials)
@@ -160,10 +158,10 @@ def curves_plot(top: list[optuna.trial.FrozenTrial], backbone: optuna.trial.Froz
 
     figure, axis = plt.subplots(figsize=(8, 3.5))
     for trial in top:
-        curve = trial.user_attrs.get("curve") or []
+        curve = record_of(trial).curve or []
         axis.plot([p["epoch"] for p in curve], [p["val_accuracy"] for p in curve], marker="o", label=f"trial {trial.number}")
     if backbone is not None:
-        curve = backbone.user_attrs.get("curve") or []
+        curve = record_of(backbone).curve or []
         axis.plot([p["epoch"] for p in curve], [p["val_accuracy"] for p in curve], marker="*", color="red", linestyle="--",
                   markersize=10, label=f"backbone (trial {backbone.number})")
     axis.set(xlabel="epoch", ylabel="validation accuracy", title=f"Learning curves: the top {len(top)} trials and the backbone")
@@ -173,22 +171,23 @@ def curves_plot(top: list[optuna.trial.FrozenTrial], backbone: optuna.trial.Froz
 
 def choices_section(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None) -> list[str]:
     """The choice-frequency plot, only when the top 10% holds at least ``MIN_TOP`` trials; otherwise why not."""
-    top = sorted(trials, key=lambda t: -t.user_attrs["reward"])[: len(trials) // 10]
+    top = sorted(trials, key=lambda t: -record_of(t).reward)[: len(trials) // 10]
     if len(top) < MIN_TOP:
         return [f"<p class='choices-skipped'>Not shown: the top 10% of {len(trials)} scored trials is {len(top)} trial(s); choice "
                 f"frequencies need at least {MIN_TOP} there ({10 * MIN_TOP} scored trials), or every bar is 0 or 1.</p>"]
-    stages = len(trials[0].user_attrs["spec"]["stages"])
+    stages = len(record_of(trials[0]).spec["stages"])
     return [_img(choice_plot(trials, top, stages, backbone), f"choices per stage: top 10% ({len(top)} trials) vs all {len(trials)}")]
 
 
 def top_table(trials: list[optuna.trial.FrozenTrial]) -> str:
     head = "<tr><th>rank</th><th>trial</th><th>reward</th><th>A</th><th>S</th><th>step ms</th><th>P</th><th>params</th><th>spec</th></tr>"
     rows = []
-    for rank, t in enumerate(sorted(trials, key=lambda t: -t.user_attrs["reward"])[:10], 1):
-        a = t.user_attrs
-        rows.append(f"<tr><td>{rank}</td><td>{t.number}</td><td>{a['reward']:.4f}</td><td>{a['accuracy']:.4f}</td>"
-                    f"<td>{a['normalized_step_time']:.3f}</td><td>{a['step_time_ms']:.1f}</td><td>{a['normalized_params']:.3f}</td>"
-                    f"<td>{a['params']:,}</td><td class='key'>{html.escape(a.get('spec_key', ''))}</td></tr>")
+    for rank, t in enumerate(sorted(trials, key=lambda t: -record_of(t).reward)[:10], 1):
+        r = record_of(t)
+        a, s, p = r.asp
+        rows.append(f"<tr><td>{rank}</td><td>{t.number}</td><td>{r.reward:.4f}</td><td>{a:.4f}</td>"
+                    f"<td>{s:.3f}</td><td>{r.step_time_ms:.1f}</td><td>{p:.3f}</td>"
+                    f"<td>{r.params:,}</td><td class='key'>{html.escape(r.spec_key or '')}</td></tr>")
     return f"<table id='top10'>{head}{''.join(rows)}</table>"
 
 
@@ -199,12 +198,15 @@ def yardstick_html(comparison: dict) -> str:
         return "<p>The backbone was not evaluated in this sweep (its architecture is outside the space, or an older sweep).</p>"
     head = ("<tr><th>trial</th><th>reward</th><th>A</th><th>A - A(backbone)</th><th>S</th><th>S / S(backbone)</th><th>P</th>"
             "<th>P / P(backbone)</th><th>dominates</th></tr>")
-    first = (f"<tr class='backbone'><td>{base['trial']} (backbone)</td><td>{base['reward']:.4f}</td><td>{base['accuracy']:.4f}</td>"
-             f"<td></td><td>{base['normalized_step_time']:.3f}</td><td></td><td>{base['normalized_params']:.3f}</td><td></td><td></td></tr>")
-    rows = "".join(f"<tr class='vs'><td>{r['trial']}</td><td>{r['reward']:.4f}</td><td>{r['accuracy']:.4f}</td>"
-                   f"<td>{r['accuracy_delta']:+.4f}</td><td>{r['normalized_step_time']:.3f}</td><td>{r['step_time_ratio']:.3f}</td>"
-                   f"<td>{r['normalized_params']:.3f}</td><td>{r['params_ratio']:.3f}</td><td>{'yes' if r['dominates'] else 'no'}</td></tr>"
-                   for r in comparison["top"])
+    a, s, p = (base[name] for name in METRICS)
+    first = (f"<tr class='backbone'><td>{base['trial']} (backbone)</td><td>{base[REWARD]:.4f}</td><td>{a:.4f}</td>"
+             f"<td></td><td>{s:.3f}</td><td></td><td>{p:.3f}</td><td></td><td></td></tr>")
+    rows = ""
+    for r in comparison["top"]:
+        a, s, p = (r[name] for name in METRICS)
+        rows += (f"<tr class='vs'><td>{r['trial']}</td><td>{r[REWARD]:.4f}</td><td>{a:.4f}</td><td>{r['accuracy_delta']:+.4f}</td>"
+                 f"<td>{s:.3f}</td><td>{r['step_time_ratio']:.3f}</td><td>{p:.3f}</td><td>{r['params_ratio']:.3f}</td>"
+                 f"<td>{'yes' if r['dominates'] else 'no'}</td></tr>")
     dominating = comparison["dominating"]
     return (f"<p>{comparison['beating_reward']} of {comparison['trials']} trials have a higher reward than the backbone; "
             f"trials that dominate it in (A, S, P): {', '.join(map(str, dominating)) if dominating else 'none'}.</p>"
@@ -227,8 +229,6 @@ def fidelity_plot(rows: list[dict]):
 
 
 def fidelity_html(run: Run) -> str:
-    from runners.fidelity import audit
-
     result = audit(run)
     if not result["trials"]:
         return "<p>No fidelity audit yet: <code>nas fidelity RUN_DIR</code> retrains some trials with a longer schedule.</p>"
@@ -245,8 +245,6 @@ def fidelity_html(run: Run) -> str:
     if result["best_beats_backbone_long"] is not None:
         text += (f" The best proxy trial ({result['best_proxy_trial']}) "
                  f"{'beats' if result['best_beats_backbone_long'] else 'does not beat'} the backbone on the long schedule.")
-    from runners.fidelity import score_lines
-
     text += "</p><ul id='ceiling'>" + "".join(f"<li>{html.escape(line)}</li>" for line in score_lines(result)) + "</ul>"
     return text + _img(fidelity_plot(result["trials"]), "proxy fidelity: proxy vs long-schedule accuracy and reward")
 
@@ -274,10 +272,8 @@ def write_report(run: Run, output: str | Path) -> Path:
         parts.append("<p>No finished trial yet.</p>")
     else:
         front = pareto_trials(run)
-        best = sorted(trials, key=lambda t: (-t.user_attrs["reward"], t.number))
-        from runners.yardstick import against_backbone, verdict
-
-        parts.append(f"<p class='verdict'><b>Best {html.escape(verdict(best[0].number, best[0].user_attrs, against_backbone(run.study, best[0])))}"
+        best = sorted(trials, key=lambda t: (-record_of(t).reward, t.number))
+        parts.append(f"<p class='verdict'><b>Best {html.escape(verdict(best[0].number, record_of(best[0]), against_backbone(run.study, best[0])))}"
                      f".</b></p>")
         parts += ["<h2>Reward</h2>", _img(reward_plot(trials, backbone), "reward over trials with the best-so-far line and the backbone"),
                   "<h2>Pareto front</h2>", _img(pareto_plot(trials, front, backbone),

@@ -1,13 +1,13 @@
-"""Candidate evaluation: spec -> proxy training + step timing -> one result record (a dict).
+"""Candidate evaluation: spec -> proxy training + step timing -> one :class:`~nas.record.TrialRecord`.
 
 The record is what every trial stores (Optuna user attributes) and what rewards are computed
 from, so a finished sweep can be re-scored without training.
 
     >>> from nas.zoo import get
     >>> rec = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", TrainConfig(epochs=1, image_size=16),
-    ...                          TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3))
-    >>> sorted(k for k in ("accuracy", "step_time_ms", "normalized_step_time", "params") if k in rec)
-    ['accuracy', 'normalized_step_time', 'params', 'step_time_ms']
+    ...                          timing_config=TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3))
+    >>> rec.status, 0 <= rec.accuracy <= 1, rec.step_time_ms > 0, rec.params > 0
+    ('ok', True, True, True)
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from nas.data import Dataset, load_dataset
 from nas.lock import DeviceLock, device_id
 from nas.model import count_macs, count_spec_params
 from nas.pipeline import DeviceData
+from nas.record import FAILED, OK, PRUNED, TrialRecord
+from nas.scores import proxy_scores
 from nas.spec import NetworkSpec
 from nas.timing import ReferenceCache, TimingConfig, device_name, measure_step_time
 from nas.train import EpochCallback, ProgressCallback, TrainConfig, pick_device, train_proxy
@@ -64,9 +66,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _score_as_accuracy(final: float, curve: list[dict[str, float]], config: TrainConfig) -> float:
     """The proxy score ``config.score`` (an accuracy-like one) of the run; the final accuracy when the curve lacks it."""
-    from nas.scores import proxy_scores
-
-    value = proxy_scores({"accuracy": final, "curve": curve}).get(config.score)
+    value = proxy_scores(TrialRecord(accuracy=final, curve=curve)).get(config.score)
     return final if value is None else value
 
 
@@ -74,6 +74,7 @@ def evaluate_candidate(
     spec: NetworkSpec,
     data: str | Dataset,
     train_config: TrainConfig = TrainConfig(),
+    *,
     timing_config: TimingConfig = TimingConfig(),
     backbone: NetworkSpec | None = None,
     device: str | None = None,
@@ -81,11 +82,11 @@ def evaluate_candidate(
     reference_cache: ReferenceCache | None = None,
     lock: bool = True,
     on_progress: ProgressCallback | None = None,
-) -> dict[str, Any]:
+) -> TrialRecord:
     """Train ``spec`` briefly, time its training step, count it; return the full record.
 
     ``backbone`` (default: ``spec`` itself) is the reference for the normalized step time S and
-    normalized params P. Failures (non-finite loss, CUDA OOM) come back as ``status: "failed"``.
+    normalized params P. Failures (non-finite loss, CUDA OOM) come back with status ``failed`` and their reason.
     ``on_progress`` gets :func:`nas.train.train_proxy`'s in-epoch progress (epoch, step, images/s).
     ``lock=False`` trains and times without the device lock (only to measure what the lock prevents).
     """
@@ -101,49 +102,48 @@ def evaluate_candidate(
     # one lock per physical device (GPU UUID, or the host's CPU), shared by every user of the host
     device_lock = DeviceLock.for_device(torch_device, enabled=lock)
     result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, lock=device_lock, on_progress=on_progress)
-    record: dict[str, Any] = {
-        "status": "failed" if result.failure else ("pruned" if result.stopped_early else "ok"),
-        "failure_reason": result.failure,
-        "accuracy": _score_as_accuracy(result.accuracy, result.curve, train_config),  # A in the reward: train.score
-        "final_accuracy": result.accuracy,
-        "val_loss": result.val_loss,
-        "curve": result.curve,
-        "epochs_run": result.epochs_run,
-        "train_seconds": result.seconds,
-        "trained_step": result.step,
-    }
-    params, backbone_params = count_spec_params(spec), count_spec_params(backbone)
+    record = dict(
+        status=FAILED if result.failure else (PRUNED if result.stopped_early else OK),
+        failure_reason=result.failure,
+        accuracy=_score_as_accuracy(result.accuracy, result.curve, train_config),  # A in the reward: train.score
+        final_accuracy=result.accuracy, val_loss=result.val_loss, curve=result.curve, epochs_run=result.epochs_run,
+        train_seconds=result.seconds, trained_step=result.step,
+    )
     timing_size = timing_config.image_size or backbone.train_image_size
     timing_config = replace(timing_config, image_size=timing_size)  # candidate and reference at the same size
-    record.update(params=params, normalized_params=params / backbone_params, reference_params=backbone_params,
-                  macs=count_macs(spec, timing_size), proxy_macs=count_macs(spec, train_config.image_size))
+    record.update(_sizes(spec, backbone, timing_size, train_config.image_size))
     if result.failure is None:
-        try:
-            # the trial's own step (optimizer, groups, loss, compile) for the candidate and the reference alike
-            step = measure_step_time(spec, timing_config, torch_device, lock=device_lock, train=train_config)
-            reference = (reference_cache or ReferenceCache()).get(backbone, timing_config, torch_device, device_lock, train_config)
-            record.update(step_time_ms=step.median_ms, step_time_iqr_ms=step.iqr_ms, step_time_cv=step.cv, timed_step=step.step,
-                          step_time_samples_ms=list(step.samples_ms), reference_step_time_ms=reference,
-                          normalized_step_time=step.median_ms / reference, throughput_img_s=step.images_per_second)
-        except torch.cuda.OutOfMemoryError as error:
-            record.update(status="failed", failure_reason=f"CUDA out of memory while timing: {str(error).splitlines()[0]}")
-            torch.cuda.empty_cache()
-    record.update(
-        spec=spec.to_dict(),
-        spec_key=spec.key(),
-        data=data_name,
-        num_classes=num_classes,
-        train_config=asdict(train_config),
-        timing_config=asdict(timing_config),
-        backbone=backbone.name,
-        device=device_name(torch_device),
-        device_id=device_id(torch_device),
-        torch_version=torch.__version__,
-        threads=torch.get_num_threads(),
-        host=platform.node(),
-        peak_memory_mb=peak_memory_mb(torch_device),
-        seed=train_config.seed,
-        wall_seconds=time.perf_counter() - begin,
-        finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    )
-    return record
+        record.update(_timed(spec, backbone, timing_config, train_config, device=torch_device, lock=device_lock,
+                             cache=reference_cache or ReferenceCache()))
+    record.update(spec=spec.to_dict(), spec_key=spec.key(), data=data_name, num_classes=num_classes, train_config=asdict(train_config),
+                  timing_config=asdict(timing_config), backbone=backbone.name, seed=train_config.seed, **_where(torch_device),
+                  wall_seconds=time.perf_counter() - begin, finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    return TrialRecord(**record)
+
+
+def _sizes(spec: NetworkSpec, backbone: NetworkSpec, timing_size: int, proxy_size: int) -> dict[str, Any]:
+    """Params (P is over the backbone's) and MACs at the timed and the proxy image size."""
+    params, backbone_params = count_spec_params(spec), count_spec_params(backbone)
+    return dict(params=params, normalized_params=params / backbone_params, reference_params=backbone_params,
+                macs=count_macs(spec, timing_size), proxy_macs=count_macs(spec, proxy_size))
+
+
+def _timed(spec: NetworkSpec, backbone: NetworkSpec, timing: TimingConfig, train: TrainConfig, *, device: torch.device,
+           lock: DeviceLock, cache: ReferenceCache) -> dict[str, Any]:
+    """The step time of ``spec`` and S (over the backbone's, cached per device); an OOM while timing fails the record."""
+    try:
+        # the trial's own step (optimizer, groups, loss, compile) for the candidate and the reference alike
+        step = measure_step_time(spec, timing, device, lock=lock, train=train)
+        reference = cache.get(backbone, timing, device, lock, train)
+    except torch.cuda.OutOfMemoryError as error:
+        torch.cuda.empty_cache()
+        return dict(status=FAILED, failure_reason=f"CUDA out of memory while timing: {str(error).splitlines()[0]}")
+    return dict(step_time_ms=step.median_ms, step_time_iqr_ms=step.iqr_ms, step_time_cv=step.cv, timed_step=step.step,
+                step_time_samples_ms=list(step.samples_ms), reference_step_time_ms=reference,
+                normalized_step_time=step.median_ms / reference, throughput_img_s=step.images_per_second)
+
+
+def _where(device: torch.device) -> dict[str, Any]:
+    """The device, host and versions a record was measured with."""
+    return dict(device=device_name(device), device_id=device_id(device), torch_version=torch.__version__,
+                threads=torch.get_num_threads(), host=platform.node(), peak_memory_mb=peak_memory_mb(device))

@@ -26,9 +26,18 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from scipy import stats
 
+from nas.data import load_dataset
 from nas.errors import InputError
+from nas.evaluate import train_subset_size
+from nas.pipeline import DeviceData
+from nas.record import OK, TrialRecord, record_of
+from nas.scores import SCORES, proxy_scores
+from nas.spec import NetworkSpec
+from nas.train import TrainConfig, pick_device, train_proxy
+from runners.ray_cluster import init_ray
 from runners.study import Run, backbone_trial, scored_trials
 
 PREFIX = "fidelity:"
@@ -139,9 +148,9 @@ class FidelityConfig:
 def pick_trials(run: Run, count: int) -> list[optuna.trial.FrozenTrial]:
     """``count`` distinct architectures evenly spread over the proxy-reward ranking: the best, ..., the worst, and the backbone."""
     seen, distinct = set(), []
-    for trial in sorted(scored_trials(run.study), key=lambda t: (-t.user_attrs["reward"], t.number)):
-        if trial.user_attrs["spec_key"] not in seen:  # a reused duplicate is the same architecture
-            seen.add(trial.user_attrs["spec_key"])
+    for trial in sorted(scored_trials(run.study), key=lambda t: (-record_of(t).reward, t.number)):
+        if record_of(trial).spec_key not in seen:  # a reused duplicate is the same architecture
+            seen.add(record_of(trial).spec_key)
             distinct.append(trial)
     base = backbone_trial(run.study)
     wanted = count - (base is not None)
@@ -164,15 +173,8 @@ def stored_results(study: optuna.Study, prefix: str = PREFIX) -> dict[int, dict[
 
 
 # ---- the Ray task ----------------------------------------------------------------------------
-def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: float, use_gpu: bool) -> dict[str, Any]:
+def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: float, use_gpu: bool) -> TrialRecord:
     """Runs inside a Ray worker: train ``spec`` with the given schedule; never raises (failures become records)."""
-    import torch
-
-    from nas.pipeline import DeviceData
-    from nas.spec import NetworkSpec
-    from nas.train import TrainConfig, pick_device, train_proxy
-    from runners.evaluate import train_subset_size
-
     config = TrainConfig(**train_json)
     torch.set_num_threads(max(1, config.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
     cpu_begin = time.process_time()
@@ -183,11 +185,11 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
         data = DeviceData(images[:keep], labels[:keep], val_images, val_labels, device=device)
         result = train_proxy(NetworkSpec.from_dict(spec_json), data, config)
     except Exception as error:  # stored as a failed record; the audit goes on
-        return {"status": "failed", "failure_reason": f"{type(error).__name__}: {error}"}
+        return TrialRecord(failure_reason=f"{type(error).__name__}: {error}")
     if result.failure:
-        return {"status": "failed", "failure_reason": result.failure}
-    return {"status": "ok", "accuracy": result.accuracy, "curve": result.curve, "train_seconds": result.seconds,
-            "cpu_seconds": time.process_time() - cpu_begin, "device_type": device.type, "train_images": keep, "seed": config.seed}
+        return TrialRecord(failure_reason=result.failure)
+    return TrialRecord(status=OK, accuracy=result.accuracy, curve=result.curve, train_seconds=result.seconds, seed=config.seed,
+                       extra={"cpu_seconds": time.process_time() - cpu_begin, "device_type": device.type, "train_images": keep})
 
 
 @dataclass(frozen=True)
@@ -202,11 +204,8 @@ class Job:
 
 def run_jobs(run: Run, jobs: list[Job], concurrent: int, done: Any, log: Any) -> None:
     """Run ``jobs`` on Ray (the sweep's cluster or a local instance), ``concurrent`` at a time; ``done(job, record)`` stores each."""
-    from nas.data import load_dataset
-    from runners.sweep import init_ray
-
     started = init_ray(run.config)  # the sweep's own way: its cluster, or a local instance on 127.0.0.1
-    import ray
+    import ray  # heavy: only commands that train load it
 
     try:
         dataset_ref = ray.put(load_dataset(run.config.data))
@@ -221,7 +220,7 @@ def run_jobs(run: Run, jobs: list[Job], concurrent: int, done: Any, log: Any) ->
             try:
                 record = ray.get(ready[0])
             except Exception as error:  # a lost worker
-                record = {"status": "failed", "failure_reason": f"worker lost: {type(error).__name__}: {str(error)[:300]}"}
+                record = TrialRecord(failure_reason=f"worker lost: {type(error).__name__}: {str(error)[:300]}")
             done(job, record)
             log(f"  [{len(jobs) - len(queue) - len(in_flight)}/{len(jobs)}, {time.monotonic() - begin:.0f} s]")
     finally:
@@ -240,28 +239,31 @@ def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[
     threads = max(1, int(run.config.cpus_per_trial))
     train = replace(run.config.train, epochs=config.epochs, image_size=config.image_size, threads=threads,
                     data_fraction=float(config.data_fraction))
-    jobs = [Job((prefix, trial), trial.user_attrs["spec"], asdict(replace(train, seed=trial.user_attrs.get("seed", train.seed) + offset)),
-                config.data_fraction)
+    jobs = [Job((prefix, trial), record_of(trial).spec, asdict(replace(train, seed=_seed(trial, train) + offset)), config.data_fraction)
             for prefix, done, offset in stores for trial in picked if done.get(trial.number, {}).get("schedule") != config.schedule()]
     log(f"fidelity: {len(picked)} trials picked{' (long schedule twice: the seed ceiling)' if config.ceiling else ''}, "
         f"{len(picked) * len(stores) - len(jobs)} retrainings already done with this schedule, {len(jobs)} to go")
     reward = run.config.reward_function()
 
-    def done(job: Job, record: dict[str, Any]) -> None:
+    def done(job: Job, record: TrialRecord) -> None:
         prefix, trial = job.key
-        record["schedule"] = config.schedule()
-        record["proxy_accuracy"], record["proxy_reward"] = trial.user_attrs["accuracy"], trial.user_attrs["reward"]
-        if record["status"] == "ok":
-            a = trial.user_attrs
-            record["reward"] = reward(record["accuracy"], a["normalized_step_time"], a["normalized_params"])
-        run.study.set_user_attr(f"{prefix}{trial.number}", record)
-        log(f"fidelity: trial {trial.number}{' (second seed)' if prefix == REPLICA_PREFIX else ''} {record['status']}"
-            + (f": accuracy {record['accuracy']:.4f} (proxy {record['proxy_accuracy']:.4f})" if record["status"] == "ok" else
-               f" ({record['failure_reason']})"))
+        proxy = record_of(trial)
+        record = record.with_(extra={**record.extra, "schedule": config.schedule(), "proxy_accuracy": proxy.accuracy,
+                                     "proxy_reward": proxy.reward})
+        if record.ok:  # S and P are the architecture's: the proxy's stand
+            record = record.with_(reward=reward(record.accuracy, proxy.normalized_step_time, proxy.normalized_params))
+        run.study.set_user_attr(f"{prefix}{trial.number}", record.to_attrs())
+        log(f"fidelity: trial {trial.number}{' (second seed)' if prefix == REPLICA_PREFIX else ''} {record.status}"
+            + (f": accuracy {record.accuracy:.4f} (proxy {proxy.accuracy:.4f})" if record.ok else f" ({record.failure_reason})"))
 
     if jobs:
         run_jobs(run, jobs, config.concurrent, done, log)
     return audit(run, config.schedule(), [t.number for t in picked])
+
+
+def _seed(trial: optuna.trial.FrozenTrial, train: Any) -> int:
+    seed = record_of(trial).seed
+    return train.seed if seed is None else seed
 
 
 def latest_rows(study: optuna.Study, results: dict[int, dict[str, Any]], schedule: dict[str, Any] | None = None,
@@ -269,22 +271,25 @@ def latest_rows(study: optuna.Study, results: dict[int, dict[str, Any]], schedul
     """Successful results of ``schedule`` (default: the longest stored), one row per trial, the backbone marked."""
     if schedule is None and results:
         schedule = max(results.values(), key=lambda r: r.get("schedule", {}).get("epochs", 0)).get("schedule")
-    from nas.scores import proxy_scores
-
     base = backbone_trial(study)
-    replicas = stored_results(study, REPLICA_PREFIX)
-    records = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
+    replicas = {n: TrialRecord.from_attrs(r) for n, r in stored_results(study, REPLICA_PREFIX).items()}
+    proxies = {t.number: record_of(t) for t in study.get_trials(deepcopy=False)}
 
     def replica_accuracy(number: int) -> float | None:
-        replica = replicas.get(number, {})
-        return replica.get("accuracy") if replica.get("schedule") == schedule and replica.get("status") == "ok" else None
+        replica = replicas.get(number)
+        return replica.accuracy if replica is not None and replica.extra.get("schedule") == schedule and replica.ok else None
 
-    return [{"trial": number, "backbone": base is not None and number == base.number,
-             **{key: record.get(key) for key in ("proxy_accuracy", "accuracy", "proxy_reward", "reward", "train_seconds")},
-             "replica_accuracy": replica_accuracy(number),
-             "scores": proxy_scores(records.get(number, {"accuracy": record.get("proxy_accuracy")}))}
-            for number, record in sorted(results.items())
-            if record.get("schedule") == schedule and record.get("status") == "ok" and (numbers is None or number in numbers)]
+    rows = []
+    for number, stored_record in sorted(results.items()):
+        record = TrialRecord.from_attrs(stored_record)
+        if record.extra.get("schedule") != schedule or not record.ok or (numbers is not None and number not in numbers):
+            continue
+        proxy = proxies.get(number, TrialRecord(accuracy=record.extra.get("proxy_accuracy")))
+        rows.append({"trial": number, "backbone": base is not None and number == base.number,
+                     "proxy_accuracy": record.extra.get("proxy_accuracy"), "accuracy": record.accuracy,
+                     "proxy_reward": record.extra.get("proxy_reward"), "reward": record.reward, "retrain_seconds": record.train_seconds,
+                     "replica_accuracy": replica_accuracy(number), "scores": proxy_scores(proxy)})
+    return rows
 
 
 def audit_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -296,8 +301,6 @@ def audit_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     search = [r for r in rows if not r["backbone"]]
     best = max(search, key=lambda r: r["proxy_reward"]) if search else None
     base = next((r for r in rows if r["backbone"]), None)
-    from nas.scores import SCORES
-
     table = score_table({name: [(r.get("scores") or {}).get(name) for r in rows] for name in SCORES}, long_accuracy,
                         [r.get("replica_accuracy") for r in rows], k=k)
     return {
@@ -323,7 +326,7 @@ def audit(run: Run, schedule: dict[str, Any] | None = None, numbers: list[int] |
         "run_dir": str(run.path), "schedule": schedule,
         "proxy_schedule": {"epochs": run.config.train.epochs, "image_size": run.config.train.image_size,
                            "data_fraction": run.config.train.data_fraction},
-        "failed": sorted(n for n, r in results.items() if r.get("schedule") == schedule and r.get("status") != "ok"),
+        "failed": sorted(n for n, r in results.items() if r.get("schedule") == schedule and not TrialRecord.from_attrs(r).ok),
         **audit_rows(rows),
     }
 

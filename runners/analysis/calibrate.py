@@ -26,8 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import InputError
+from nas.io import atomic_write_json, atomic_write_text
+from nas.record import TrialRecord, record_of
 from nas.scores import ACCURACY_SCORES, SCORES, proxy_scores
-from runners.fidelity import FidelityConfig, Job, fraction_of, pick_trials, run_fidelity, run_jobs, score_table, stored_results
+from runners.analysis.fidelity import (
+    FidelityConfig,
+    Job,
+    fraction_of,
+    pick_trials,
+    run_fidelity,
+    run_jobs,
+    score_table,
+    stored_results,
+)
 from runners.study import Run
 
 PREFIX = "calibration:"
@@ -73,9 +84,11 @@ def key_of(number: int, setting: dict[str, Any]) -> str:
     return f"{PREFIX}{number}:{setting['epochs']}:{setting['image_size']}:{setting['data_fraction']:g}"
 
 
-def cost_of(record: dict[str, Any]) -> float | None:
+def cost_of(stored: dict[str, Any]) -> float | None:
     """CPU seconds of one training; on a GPU (or where a record has no CPU time) its wall seconds."""
-    value = record.get("train_seconds") if record.get("device_type") == "cuda" else record.get("cpu_seconds", record.get("train_seconds"))
+    record = TrialRecord.from_attrs(stored)
+    cpu = record.extra.get("cpu_seconds")
+    value = record.train_seconds if record.extra.get("device_type") == "cuda" or cpu is None else cpu
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -86,17 +99,18 @@ def train_grid(run: Run, config: CalibrationConfig, numbers: list[int], log: Any
     jobs = []
     for setting in config.grid():
         for number in numbers:
-            if run.study.user_attrs.get(key_of(number, setting), {}).get("status") == "ok":
+            if TrialRecord.from_attrs(run.study.user_attrs.get(key_of(number, setting), {})).ok:
                 continue
             trial = trials[number]
-            train = replace(run.config.train, threads=threads, seed=trial.user_attrs.get("seed", run.config.train.seed), **setting)
-            jobs.append(Job((number, setting), trial.user_attrs["spec"], asdict(train), setting["data_fraction"]))
+            seed = record_of(trial).seed
+            train = replace(run.config.train, threads=threads, seed=run.config.train.seed if seed is None else seed, **setting)
+            jobs.append(Job((number, setting), record_of(trial).spec, asdict(train), setting["data_fraction"]))
     log(f"calibrate: {len(config.grid())} proxy settings x {len(numbers)} trials, {len(jobs)} trainings to go")
 
-    def done(job: Job, record: dict[str, Any]) -> None:
+    def done(job: Job, record: TrialRecord) -> None:
         number, setting = job.key
-        run.study.set_user_attr(key_of(number, setting), {**record, "setting": setting})
-        log(f"calibrate: trial {number} at {setting}: {record['status']}")
+        run.study.set_user_attr(key_of(number, setting), record.with_(extra={**record.extra, "setting": setting}).to_attrs())
+        log(f"calibrate: trial {number} at {setting}: {record.status}")
 
     if jobs:
         run_jobs(run, jobs, config.concurrent, done, log)
@@ -112,7 +126,7 @@ def table_rows(run: Run, config: CalibrationConfig, long_audit: dict[str, Any]) 
     table = []
     for setting in config.grid():
         records = [run.study.user_attrs.get(key_of(n, setting), {}) for n in numbers]
-        ok = [r.get("status") == "ok" for r in records]
+        ok = [TrialRecord.from_attrs(r).ok for r in records]
         costs = [cost_of(r) for r, good in zip(records, ok) if good]
         scores = {name: [proxy_scores(r)[name] if good else None for r, good in zip(records, ok)] for name in SCORES}
         result = score_table(scores, long)  # the ceiling is the long audit's
@@ -176,8 +190,6 @@ def plot(table: list[dict[str, Any]], target: float, path: Path) -> None:
 
 def run_calibration(run: Run, config: CalibrationConfig, quiet: bool = False) -> dict[str, Any]:
     """The long schedule twice, the grid, the table, the choice; writes calibration.{json,yaml,png} into the run directory."""
-    from nas.io import atomic_write_json, atomic_write_text
-
     log = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     long_audit = run_fidelity(run, config.long(), quiet=quiet)
     if long_audit["ceiling"] is None or len(long_audit["trials"]) < 3:

@@ -13,10 +13,12 @@ import optuna
 import nas
 from nas.errors import InputError
 from nas.io import atomic_write_json
+from nas.record import PROVENANCE, RESCORED, REWARD, record_of
+from nas.scores import ACCURACY_SCORES, SCORES, check_score, proxy_scores
 from rewards import RewardError, get_reward, pareto_front
 from runners.credentials import mask_url
-from runners.study import Run, best_scored, raw_metrics, scored_trials, trial_spec
-from runners.yardstick import against_backbone
+from runners.study import Run, best_scored, scored_trials, trial_spec
+from runners.yardstick import against_backbone, compare
 
 
 def rescore(run: Run, name: str = "paper", score: str = "accuracy", **options: Any) -> list[dict[str, Any]]:
@@ -26,8 +28,6 @@ def rescore(run: Run, name: str = "paper", score: str = "accuracy", **options: A
     is accuracy-like; any other score ranks the trials by itself (the reward then uses the final accuracy).
     Returns one row per trial, best first: number, old/new reward, the score, old/new rank, spec key.
     """
-    from nas.scores import ACCURACY_SCORES, SCORES, check_score, proxy_scores
-
     check_score(score, SCORES)
     try:
         reward = get_reward(name, **options)
@@ -35,27 +35,24 @@ def rescore(run: Run, name: str = "paper", score: str = "accuracy", **options: A
         raise InputError(str(error)) from None
     trials = scored_trials(run.study)
     # ties broken by trial number, so equal rewards keep a stable order
-    old_order = sorted(trials, key=lambda t: (-t.user_attrs["reward"], t.number))
+    old_order = sorted(trials, key=lambda t: (-record_of(t).reward, t.number))
     old_rank = {t.number: i for i, t in enumerate(old_order, 1)}
-    scores = {t.number: proxy_scores(t.user_attrs)[score] for t in trials}
-    a_of = {t.number: scores[t.number] if score in ACCURACY_SCORES and scores[t.number] is not None else t.user_attrs["accuracy"]
-            for t in trials}
-    new_value = {t.number: reward(a_of[t.number], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"])
-                 for t in trials}
+    records = {t.number: record_of(t) for t in trials}
+    scores = {n: proxy_scores(r)[score] for n, r in records.items()}
+    a_of = {n: scores[n] if score in ACCURACY_SCORES and scores[n] is not None else r.accuracy for n, r in records.items()}
+    new_value = {n: reward(a_of[n], *r.asp[1:]) for n, r in records.items()}
     key = (lambda n: new_value[n]) if score in ACCURACY_SCORES else (lambda n: -math.inf if scores[n] is None else scores[n])
     new_order = sorted(trials, key=lambda t: (-key(t.number), t.number))
     return [
         {"rank": i, "number": t.number, "old_rank": old_rank[t.number], "rank_change": old_rank[t.number] - i,
-         "reward": new_value[t.number], "old_reward": t.user_attrs["reward"], **raw_metrics(t), "score": scores[t.number],
-         "spec_key": t.user_attrs.get("spec_key")}
+         **records[t.number].pick(RESCORED), REWARD: new_value[t.number], "old_reward": records[t.number].reward,
+         "score": scores[t.number]}
         for i, t in enumerate(new_order, 1)
     ]
 
 
 def rescore_yardstick(run: Run, name: str = "paper", **options: Any) -> dict[str, Any]:
     """The backbone against the best trials under the re-scoring reward (see :func:`runners.yardstick.compare`)."""
-    from runners.yardstick import compare
-
     try:
         reward = get_reward(name, **options)
     except RewardError as error:
@@ -66,7 +63,7 @@ def rescore_yardstick(run: Run, name: str = "paper", **options: Any) -> dict[str
 def pareto_trials(run: Run) -> list[optuna.trial.FrozenTrial]:
     """Finished trials on the Pareto front of (max accuracy, min step time, min params)."""
     trials = scored_trials(run.study)
-    points = [(t.user_attrs["accuracy"], t.user_attrs["normalized_step_time"], t.user_attrs["normalized_params"]) for t in trials]
+    points = [(record_of(t).accuracy, record_of(t).normalized_step_time, record_of(t).normalized_params) for t in trials]
     return [trials[i] for i in pareto_front(points, ["maximize", "minimize", "minimize"])]
 
 
@@ -91,24 +88,22 @@ def pick_trials(run: Run, which: str) -> list[optuna.trial.FrozenTrial]:
     except ValueError:
         raise InputError(f"--trial: {which!r} is not allowed, allowed best, pareto or a trial number") from None
     trial = run.trial(number)
-    if trial.state != optuna.trial.TrialState.COMPLETE or "spec" not in trial.user_attrs:
-        reason = trial.user_attrs.get("failure_reason")
+    record = record_of(trial)
+    if trial.state != optuna.trial.TrialState.COMPLETE or record.spec is None:
+        reason = record.failure_reason
         raise InputError(f"trial {number}: it is {trial.state.name}{f' ({reason})' if reason else ''}; only finished trials export")
     return [trial]
 
 
 def provenance(run: Run, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    a = trial.user_attrs
+    """Where an exported spec comes from: the study, the trial's record (:data:`nas.record.PROVENANCE`), versions, the backbone."""
+    record = record_of(trial)
     return {
         "study": run.config.name, "storage": mask_url(run.config.storage_url), "run_dir": str(run.path), "trial": trial.number,
-        "accuracy": a.get("accuracy"), "normalized_step_time": a.get("normalized_step_time"), "step_time_ms": a.get("step_time_ms"),
-        "reference_step_time_ms": a.get("reference_step_time_ms"), "params": a.get("params"),
-        "normalized_params": a.get("normalized_params"), "reward": a.get("reward"), "reward_config": run.config.reward,
-        "objective": run.config.objective, "data": a.get("data", run.config.data), "backbone": run.config.backbone,
-        "device": a.get("device"), "host": a.get("host"), "torch_version": a.get("torch_version"), "optuna_version": optuna.__version__,
-        "nas_version": nas.__version__, "trained_at": a.get("finished_at"), "train_config": a.get("train_config"),
-        "timing_config": a.get("timing_config"), "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "against_backbone": against_backbone(run.study, trial),
+        **record.pick(PROVENANCE), "reward_config": run.config.reward, "objective": run.config.objective,
+        "data": record.data or run.config.data, "backbone": run.config.backbone, "optuna_version": optuna.__version__,
+        "nas_version": nas.__version__, "trained_at": record.finished_at,
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "against_backbone": against_backbone(run.study, trial),
     }
 
 

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from nas.data import Dataset
+from nas.evaluate import evaluate_candidate
+from nas.record import TrialRecord
 from nas.spec import NetworkSpec
-from nas.timing import TimingConfig
+from nas.timing import ReferenceCache, TimingConfig
 from nas.train import TrainConfig
 
 DECISION_WAIT_SECONDS = 600.0  # a driver that does not answer: train on rather than hang
@@ -125,17 +128,13 @@ def _post_progress(board: Any, number: int):
 
 
 def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timing: TimingConfig, backbone: NetworkSpec,
-                   use_gpu: bool, run_dir: str, board: tuple[Any, int] | None = None, prune: bool = False) -> dict[str, Any]:
+                   use_gpu: bool, run_dir: str, board: tuple[Any, int] | None = None, prune: bool = False) -> TrialRecord:
     """Runs inside a Ray worker: evaluate one candidate; never raises (failures become records).
 
     ``train`` already carries the trial's seed and thread count; ``board`` is (PruneBoard actor, trial number): progress
     goes there, and with ``prune`` each epoch's accuracy, whose answer may stop the trial.
     """
     import ray
-    import torch
-
-    from nas.timing import ReferenceCache
-    from runners.evaluate import evaluate_candidate
 
     torch.set_num_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
     on_epoch = _ask_driver(*board, train.epochs, prune) if board is not None else None
@@ -143,12 +142,10 @@ def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timi
     node = ray.get_runtime_context().get_node_id()
     try:
         record = evaluate_candidate(
-            spec, dataset, train, timing, backbone=backbone,
+            spec, dataset, train, timing_config=timing, backbone=backbone,
             device="cuda" if use_gpu and torch.cuda.is_available() else "cpu", on_epoch=on_epoch,
             reference_cache=ReferenceCache(reference_cache_path(run_dir)), on_progress=on_progress,
         )
     except Exception as error:  # the sweep goes on; the trial is stored FAIL with this reason
-        record = {"status": "failed", "failure_reason": f"{type(error).__name__}: {error}",
-                  "traceback": traceback.format_exc(limit=8)}
-    record["ray_node_id"] = node
-    return record
+        record = TrialRecord(failure_reason=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=8))
+    return record.with_(ray_node_id=node)

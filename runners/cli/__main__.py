@@ -1,0 +1,5 @@
+"""``python -m runners.cli``: the ``nas`` command."""
+
+from runners.cli import main
+
+raise SystemExit(main())

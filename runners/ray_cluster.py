@@ -1,0 +1,43 @@
+"""Starting or joining Ray, one way for every command that trains on it (``nas search``, ``fidelity``, ``calibrate``).
+
+A local instance is private to this process (127.0.0.1, no token leaks into the environment of
+other processes: :func:`runners.credentials.local_ray_environment`); ``address`` joins a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+from runners.config import SweepConfig
+from runners.credentials import local_ray_environment
+from runners.preflight import check_address
+
+
+def init_ray(config: SweepConfig) -> bool:
+    """Start Ray in-process (or join ``config.address``); returns True when we started it (the caller shuts it down)."""
+    if not config.address:
+        local_ray_environment(os.environ)  # before `import ray`: Ray reads these at import
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if config.ray_tmpdir:
+        os.environ["RAY_TMPDIR"] = str(config.ray_tmpdir)
+    import ray  # heavy: loaded only by commands that train
+
+    if ray.is_initialized():
+        return False
+    if config.address and config.address != "auto":
+        check_address(config.address)
+    kwargs: dict[str, Any] = dict(include_dashboard=config.ray_dashboard, log_to_driver=False, logging_level="WARNING")
+    main = threading.current_thread() is threading.main_thread()
+    ours = signal.getsignal(signal.SIGTERM) if main else None
+    if config.address:
+        ray.init(address=config.address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    if main and callable(ours):
+        # ray.init replaces the SIGTERM handler (its local node kills itself and exits 1; its core worker adds a crash
+        # dump that aborts): ours again, so SIGTERM stops the driver like Ctrl-C (the cleanup runs, exit 143)
+        signal.signal(signal.SIGTERM, ours)
+    return True
