@@ -163,17 +163,39 @@ def test_multi_objective_sweep_and_pareto_front(tmp_path, small_space):
     assert front == brute
 
 
-def test_asha_pruner_reports_per_epoch(tmp_path, small_space):
-    result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "4", "--concurrent", "2", "--pruner", "asha", *small_space,
-                     "--sampler", "random", "--epochs", "3", "--image-size", "16", "--timing-image-size", "32",
-                     "--timing-batch-size", "8", "--timing-steps", "3", "--json")
+def _asha_keeps(value: float, rung: list[float]) -> bool:
+    """Successive halving with reduction factor 2, by hand: a value goes on if it is among the top half of its rung
+    (all values reported there so far, its own included), and always the best one while fewer than 2 are there."""
+    return value >= sorted(rung, reverse=True)[max(1, len(rung) // 2) - 1]
+
+
+def test_asha_pruner_prunes_per_epoch(tmp_path, small_space):
+    # one trial at a time, seeded, on one thread: the trials report in trial order with the same values every run, so the
+    # pruner's decisions can be replayed from the stored per-epoch accuracies. With seed 0 the epoch-1 accuracies are about
+    # 0.09 (the backbone), 0.27, 0.17 and 0.08: trials 2 and 3 fall well below the rung's top half and must be pruned
+    result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "3", "--concurrent", "1", "--cpus-per-trial", "1",
+                     "--pruner", "asha", *small_space, "--sampler", "random", "--seed", "0", "--epochs", "3", "--image-size", "16",
+                     "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3", "--json")
     assert result.code == 0, result.err
-    trials = open_run(tmp_path / "asha").study.trials
-    assert all(t.state in (Complete, optuna.trial.TrialState.PRUNED) for t in trials)
-    assert all(t.intermediate_values for t in trials)  # per-epoch accuracy reached the study from the workers
+    trials = open_run(tmp_path / "asha").study.trials  # the backbone yardstick first, then the 3 search trials
+    assert len(trials) == 4 and all(t.intermediate_values for t in trials)  # per-epoch accuracy reached the study from the workers
+    rungs: dict[int, list[float]] = {1: [], 2: []}  # rungs at epochs 1 and 2 (min_resource 1, reduction factor 2)
+    expected = []
     for t in trials:
-        if t.state == optuna.trial.TrialState.PRUNED:
-            assert t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] < 3
+        state = Complete
+        for epoch in (1, 2):
+            value = t.intermediate_values[epoch]
+            rungs[epoch].append(value)
+            if not _asha_keeps(value, rungs[epoch]):
+                state = optuna.trial.TrialState.PRUNED
+                break
+        expected.append((t.number, state, epoch if state != Complete else 3))
+    assert [(t.number, t.state, sorted(t.intermediate_values)[-1]) for t in trials] == expected, \
+        [(t.number, t.intermediate_values) for t in trials]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, [(t.number, t.intermediate_values) for t in trials]  # the sweep is designed to prune: it did
+    assert all(t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] == len(t.intermediate_values) < 3 for t in pruned)
+    assert result.json()["pruned"] == len(pruned)
 
 
 def test_default_layout_follows_the_machine():
