@@ -198,15 +198,26 @@ def test_asha_pruner_prunes_per_epoch(tmp_path, small_space):
     assert result.json()["pruned"] == len(pruned)
 
 
-def test_default_layout_follows_the_machine():
+@pytest.mark.parametrize("cores, layout, one_cpu_trials", [
+    (1, (1, 1.0), 1), (2, (1, 2.0), 2), (3, (1, 3.0), 3), (4, (2, 2.0), 4), (8, (4, 2.0), 4), (16, (4, 4.0), 4), (64, (4, 16.0), 4),
+])
+def test_default_layout_follows_the_machine(monkeypatch, cores, layout, one_cpu_trials):
+    """The README's layout, written out: up to 4 trials of at least 2 threads, the cores split evenly (2 cores: 1 x 2; 8: 4 x 2;
+    16: 4 x 4); a sweep config without a layout gets the one of the machine it is resolved on."""
     import os
 
     from runners.config import default_layout, resolve_config
 
-    assert default_layout(2) == (1, 2.0) and default_layout(16) == (4, 4.0) and default_layout(1) == (1, 1.0)
-    assert default_layout(3) == (1, 3.0) and default_layout(4) == (2, 2.0) and default_layout(2, cpus_per_trial=1) == (2, 1)
-    assert default_layout(2, cpus_per_trial=2) == (1, 2) and default_layout(8, max_concurrent=2) == (2, 4.0)
-    assert default_layout(64, gpus_per_trial=0.5, gpus=8) == (16, 4.0)
+    assert default_layout(cores) == layout
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)  # this machine has ``cores`` cores
     config = resolve_config(None, {"name": "layout"})
-    assert (config.max_concurrent, config.cpus_per_trial) == default_layout(os.cpu_count())
-    assert resolve_config(None, {"name": "layout", "cpus_per_trial": 1.0}).max_concurrent == min(4, os.cpu_count())
+    assert (config.max_concurrent, config.cpus_per_trial) == layout
+    assert resolve_config(None, {"name": "layout", "cpus_per_trial": 1.0}).max_concurrent == one_cpu_trials  # 1-thread trials, at most 4
+
+
+def test_default_layout_keeps_what_is_given():
+    from runners.config import default_layout
+
+    assert default_layout(2, cpus_per_trial=1) == (2, 1) and default_layout(2, cpus_per_trial=2) == (1, 2)
+    assert default_layout(8, max_concurrent=2) == (2, 4.0) and default_layout(16, max_concurrent=3) == (3, 5.0)
+    assert default_layout(64, gpus_per_trial=0.5, gpus=8) == (16, 4.0)  # GPU: one trial per half GPU, the cores split among them
