@@ -17,7 +17,7 @@ from nas.errors import InputError
 from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import resolve_config
-from runners.study import open_run
+from runners.study import backbone_trial, open_run
 from runners.sweep import run_sweep
 from tests.conftest import TINY_SEARCH, assert_one_line_error, run_nas, tiny_backbone
 from tests.ray_nodes import RAY, alive_nodes, descendants, free_port, stop_nodes
@@ -171,8 +171,8 @@ def test_a_sampled_twin_of_the_backbone_is_answered_from_the_backbone_trial(tmp_
     summary = run_sweep(_config(tmp_path, n_trials=6, backbone=str(tmp_path / "tiny.json"), space=TWO_WITH_BACKBONE), evaluate=counted)
     assert summary["complete"] == 6
     assert len(calls) == len(set(calls)) == 2  # the backbone and the one other architecture, each evaluated once
-    trials = open_run(tmp_path / "team").study.get_trials(deepcopy=False)
-    backbone = [t for t in trials if t.user_attrs.get("role") == "backbone"][0]
+    study = open_run(tmp_path / "team").study
+    trials, backbone = study.get_trials(deepcopy=False), backbone_trial(study)
     twins = [t for t in trials if t.user_attrs.get("spec_key") == backbone.user_attrs["spec_key"] and t.number != backbone.number]
     assert twins and all(t.user_attrs["reused_from"] == backbone.number and "role" not in t.user_attrs for t in twins)
 

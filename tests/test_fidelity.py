@@ -11,7 +11,7 @@ from nas.errors import InputError
 from nas.spec import NetworkSpec
 from runners import fidelity
 from runners.fidelity import PREFIX, REPLICA_PREFIX, fraction_of, kendall_tau, score_table, spearman, tau_interval, top_k_overlap
-from runners.study import backbone_trial, best_scored, open_run, scored_trials
+from runners.study import BACKBONE_ROLE, backbone_trial, best_scored, open_run, scored_trials
 from tests.conftest import assert_one_line_error, run_nas
 
 FAST = ["--epochs", "1", "--image-size", "16", "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3"]
@@ -84,7 +84,7 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     result = run_nas(*args, "--trials", "3", "--json")
     assert result.code == 0, result.err
     run = open_run(tmp_path / "fid")
-    marked = [t for t in run.study.trials if t.user_attrs.get("role") == "backbone"]
+    marked = [t for t in run.study.trials if t.user_attrs.get("role") == BACKBONE_ROLE]
     assert len(marked) == 1 and marked[0].number == 0  # evaluated first
     base = backbone_trial(run.study)
     assert base.number == 0 and base.user_attrs["normalized_params"] == 1.0
@@ -96,7 +96,7 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     resumed = run_nas(*args, "--trials", "4", "--json")  # resume: still one backbone
     assert resumed.code == 0, resumed.err
     run = open_run(tmp_path / "fid")
-    assert sum(t.user_attrs.get("role") == "backbone" for t in run.study.trials) == 1
+    assert sum(t.user_attrs.get("role") == BACKBONE_ROLE for t in run.study.trials) == 1
     assert resumed.json()["complete"] == 4 and resumed.json()["trials_this_run"] == 1
 
     rescore = run_nas("rescore", tmp_path / "fid", "--json").json()["backbone"]

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from nas.model import build
-from runners.study import open_run, trial_spec
+from runners.study import BACKBONE_ROLE, open_run, scored_trials, trial_spec
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def test_resume_after_sigkill(tmp_path, small_space):
                     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
                 except Exception:
                     continue
-                done = [t for t in study.trials if t.state == Complete and t.user_attrs.get("role") != "backbone"]
+                done = scored_trials(study)
                 running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
                 if len(done) >= 2 and running:
                     before = {t.number: t.user_attrs["finished_at"] for t in done}
@@ -88,7 +88,7 @@ def test_resume_after_sigkill(tmp_path, small_space):
     assert result.code == 0, result.err
     run = open_run(tmp_path / "resume")
     trials = run.study.trials
-    complete = [t for t in trials if t.state == Complete and t.user_attrs.get("role") != "backbone"]
+    complete = scored_trials(run.study)
     assert len(complete) == 5
     for number, finished_at in before.items():  # kept, not re-run
         assert run.trial(number).state == Complete and run.trial(number).user_attrs["finished_at"] == finished_at
@@ -106,7 +106,7 @@ def test_trial_timeout_cancels_and_sweep_goes_on(tmp_path):
     assert result.code == 1, result.err  # nothing completed: a runtime failure, but the sweep ran to its end
     assert result.json()["failed"] == 2
     trials = open_run(tmp_path / "slow").study.trials  # the backbone yardstick, then the two search trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3 and trials[0].user_attrs["role"] == "backbone"
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3 and trials[0].user_attrs["role"] == BACKBONE_ROLE
     assert all(t.user_attrs["failure_reason"].startswith("timeout") for t in trials)
 
 
