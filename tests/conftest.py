@@ -61,6 +61,36 @@ def small_space(tmp_path) -> list[str]:
     return ["--space", str(path)]
 
 
+# two trials of 1 epoch at 16 px, two at a time, quiet: the cluster and team tests (tests/test_team.py, tests/test_cluster.py)
+TINY_SEARCH = ["--trials", "2", "--concurrent", "2", "--sampler", "random", "--epochs", "1", "--image-size", "16",
+               "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3", "--quiet"]
+TINY_FAST = ["--epochs", "1", "--image-size", "16", "--timing-image-size", "16", "--timing-batch-size", "8", "--timing-steps", "3"]
+TINY_SPACE = "layers_delta: 0\ndefaults: {kernels: [3], expansions: [1, 2, 4]}\n"
+
+
+def tiny_backbone(mbconv_se_ratio: float = 0.0) -> dict[str, Any]:
+    """A two-stage backbone (fused 8 -> 8, MBConv 8 -> 16 at stride 2, 16 px) as spec JSON.
+
+    With ``mbconv_se_ratio`` 0 (the default) it lies outside every space (the spaces give MBConv 0.25):
+    no yardstick trial; with 0.25 a space can sample its twin.
+    """
+    return {"schema_version": 1, "name": "tiny", "stem_channels": 8, "head_channels": 32, "num_classes": 10, "dropout": 0.0,
+            "stochastic_depth": 0.0, "train_image_size": 16, "eval_image_size": 16, "stages": [
+                {"operator": "fused_mbconv", "layers": 1, "kernel": 3, "stride": 1, "expansion": 1, "input_channels": 8,
+                 "output_channels": 8, "se_ratio": 0.0},
+                {"operator": "mbconv", "layers": 1, "kernel": 3, "stride": 2, "expansion": 2, "input_channels": 8,
+                 "output_channels": 16, "se_ratio": mbconv_se_ratio}]}
+
+
+@pytest.fixture
+def tiny_space(tmp_path) -> list[str]:
+    """The tiny backbone and its space (18 architectures) as ``--backbone``/``--space`` arguments, with ``TINY_FAST``:
+    the faults, not the training, take a test's time."""
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny_backbone()))
+    (tmp_path / "tiny_space.yaml").write_text(TINY_SPACE)
+    return ["--backbone", str(tmp_path / "tiny.json"), "--space", str(tmp_path / "tiny_space.yaml"), *TINY_FAST]
+
+
 @pytest.fixture
 def nas_cli():
     return run_nas

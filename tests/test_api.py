@@ -32,13 +32,12 @@ def test_readme_example_runs_as_written(tmp_path):
     assert "torch.Size([4, 2])" in proc.stdout and "best trial" in proc.stdout
     assert json.loads((tmp_path / "arch.json").read_text())["provenance"]["trial"] is not None
     # the study says what ran: the user's data and the reward function, not digits / paper
-    from runners.study import open_run
+    from runners.study import open_run, scored_trials
 
     run = open_run(tmp_path / "runs" / "api-demo")
     assert run.study.user_attrs["data"].startswith("user data: 240 images 1x16x16 (20% held out for test), 2 classes, sha256 ")
     assert run.study.user_attrs["reward"] == {"name": "custom", "function": "__main__.my_reward"}
-    best = max((t for t in run.study.trials if t.user_attrs.get("reward") is not None and t.user_attrs.get("role") != "backbone"),
-               key=lambda t: t.user_attrs["reward"])
+    best = max(scored_trials(run.study), key=lambda t: t.user_attrs["reward"])
     a = best.user_attrs
     assert a["reward"] == pytest.approx(a["accuracy"] * a["normalized_step_time"] ** -0.1 * a["normalized_params"] ** -0.02)
     assert "backbone (trial 0) started" in proc.stderr  # progress lines for API sweeps too

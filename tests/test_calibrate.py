@@ -1,9 +1,13 @@
 """``nas calibrate``'s choice on a planted cost/tau table, and its snippet accepted by the sweep's config."""
 
+import math
+from types import SimpleNamespace
+
+import optuna
 import pytest
 
 from nas.errors import InputError
-from runners.analysis.calibrate import CalibrationConfig, choose, cost_of, frontier, snippet
+from runners.analysis.calibrate import CalibrationConfig, choose, cost_of, frontier, key_of, snippet, table_rows
 from runners.config import resolve_config
 
 
@@ -31,6 +35,32 @@ def test_calibration_picks_the_cheapest_setting_reaching_the_target():
     assert choose(PLANTED, 0.9, scores=("sotl",))["cost"] == 1.0
     assert cost_of({"cpu_seconds": 3.0, "train_seconds": 2.0}) == 3.0  # CPU seconds on a CPU worker
     assert cost_of({"cpu_seconds": 3.0, "train_seconds": 2.0, "device_type": "cuda"}) == 2.0  # GPU seconds on a GPU worker
+
+
+def test_table_rows_of_planted_trainings_with_a_tie_and_a_constant_score():
+    """One grid point, four architectures: each score's tau against the long accuracy, by hand; a constant score stays in the table."""
+    study = optuna.create_study()  # in memory: the user attributes table_rows reads
+    setting = {"epochs": 1, "image_size": 16, "data_fraction": 0.5}
+    long = [0.6, 0.7, 0.8, 0.9]  # long accuracy of trials 0..3
+    proxy = [0.2, 0.4, 0.3, 0.4]  # a tie: trials 1 and 3
+    train_loss = [1.0, 0.5, 0.8, 0.2]  # sotl -1.0, -0.5, -0.8, -0.2
+    for n in range(4):
+        study.set_user_attr(f"fidelity:{n}", {"status": "ok", "cpu_seconds": (10.0, 12.0, 14.0, 12.0)[n]})  # the long schedule: 12 s
+        study.set_user_attr(key_of(n, setting), {"status": "ok", "cpu_seconds": (2.0, 4.0, 3.0, 3.0)[n],  # 3 s: a quarter of the long
+                                                 "curve": [{"val_accuracy": proxy[n], "val_loss": 1.0, "train_loss": train_loss[n]}]})
+    config = CalibrationConfig(trials=4, epochs=(1,), image_sizes=(16,), data_fractions=(0.5,))
+    audit = {"trials": [{"trial": n, "accuracy": long[n]} for n in range(4)], "ceiling": {"kendall_tau": 0.5}}
+    table = {r["score"]: r for r in table_rows(SimpleNamespace(study=study), config, audit)}
+    assert set(table) == {"accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last"}
+    assert all(r["setting"] == setting and r["cost"] == 3.0 and r["relative_cost"] == 0.25 and r["trials"] == 4 for r in table.values())
+    # proxy accuracy: (1,2) discordant, (1,3) tied in the proxy only, 4 concordant: tau-b = (4 - 1) / sqrt(6 * 5)
+    for name in ("accuracy", "best_accuracy"):  # one epoch: the best is the last
+        assert table[name]["kendall_tau"] == pytest.approx(3 / math.sqrt(30))
+        assert table[name]["fraction_of_ceiling"] == pytest.approx(3 / math.sqrt(30) / 0.5)
+    for name in ("sotl", "sotl_last"):  # one swap of six pairs, (1,2): (5 - 1) / 6
+        assert table[name]["kendall_tau"] == pytest.approx(2 / 3) and table[name]["fraction_of_ceiling"] == pytest.approx(4 / 3)
+    assert table["val_loss"]["kendall_tau"] is None and table["val_loss"]["fraction_of_ceiling"] is None  # constant: no tau, still a row
+    assert choose(list(table.values()), 1.2) is None  # only sotl (1.33 of the ceiling) reaches it, and sotl cannot be A
 
 
 def test_recommended_snippet_is_a_sweep_config(tmp_path):

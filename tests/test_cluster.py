@@ -17,11 +17,10 @@ from nas.errors import InputError
 from nas.spec import NetworkSpec
 from nas.train import TrainConfig
 from runners.config import resolve_config
-from runners.study import open_run
+from runners.study import backbone_trial, open_run
 from runners.sweep.run import run_sweep
-from tests.conftest import assert_one_line_error, run_nas
-from tests.test_team import RAY, _alive_nodes, _free_port, _stop, descendants
-from tests.test_team import TINY as TEAM_TINY
+from tests.conftest import TINY_SEARCH, assert_one_line_error, run_nas, tiny_backbone
+from tests.ray_nodes import RAY, alive_nodes, descendants, free_port, stop_nodes
 
 
 def synthetic(spec: NetworkSpec, train: TrainConfig) -> dict:
@@ -87,13 +86,13 @@ def _machine(command: list[str], env: dict[str, str], log) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path):
+def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path, tiny_space):
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("the separate-machines harness is required in CI, which runs as root (unshare --mount)")
         pytest.skip("unshare --mount needs root")
     ray_tmp = tempfile.mkdtemp(prefix="nas-ray-")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "HOME": str(tmp_path)}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
@@ -105,18 +104,18 @@ def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path)
         procs.append(subprocess.Popen([*RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                                        "--include-dashboard", "false", "--num-cpus", "0", *common],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        head = _alive_nodes(address, env, 1)
+        head = alive_nodes(address, env, 1)
         assert len(head) == 1
         for log_path in logs:
             with log_path.open("w") as log:
                 procs.append(_machine([*RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                                        *common], env, log))
-        nodes = _alive_nodes(address, env, 3, timeout=180)
+        nodes = alive_nodes(address, env, 3, timeout=180)
         assert len(nodes) == 3, [p.read_text()[-1500:] for p in logs]
         workers = set(nodes) - set(head)
         run_dir = tmp_path / "runs" / "machines"
         result = run_nas("search", "--name", "machines", "--runs-dir", tmp_path / "runs", "--address", address,
-                         "--cpus-per-trial", "1", *TEAM_TINY, "--json",
+                         "--cpus-per-trial", "1", *TINY_SEARCH, "--json",
                          env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")})
         assert result.code == 0, result.err
         assert result.json()["complete"] == 2 and result.json()["failed"] == 0
@@ -124,11 +123,11 @@ def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path)
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.user_attrs.get("failure_reason") for t in trials]
         assert {t.user_attrs["ray_node_id"] for t in trials} == workers  # trials on both machines, none on the head
         assert not (run_dir / "reference_times.json").exists()  # the workers cache on their own machines
-        _lose_a_machine_mid_trial(tmp_path, address, env, procs, workers)
+        _lose_a_machine_mid_trial(tmp_path, address, env, procs, workers, tiny_space)
         known = descendants({p.pid for p in procs})
     finally:
         known |= descendants({p.pid for p in procs})
-        _stop(procs, known)
+        stop_nodes(procs, known)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -156,12 +155,7 @@ def test_data_is_identified_by_content_not_path(tmp_path):
     assert (tmp_path / "runs" / "team" / "config.json").read_text() == before
 
 
-TWIN_BACKBONE = {"schema_version": 1, "name": "tiny", "stem_channels": 8, "head_channels": 32, "num_classes": 10, "dropout": 0.0,
-                 "stochastic_depth": 0.0, "train_image_size": 16, "eval_image_size": 16, "stages": [
-                     {"operator": "fused_mbconv", "layers": 1, "kernel": 3, "stride": 1, "expansion": 1, "input_channels": 8,
-                      "output_channels": 8, "se_ratio": 0.0},
-                     {"operator": "mbconv", "layers": 1, "kernel": 3, "stride": 2, "expansion": 2, "input_channels": 8,
-                      "output_channels": 16, "se_ratio": 0.25}]}
+TWIN_BACKBONE = tiny_backbone(mbconv_se_ratio=0.25)  # MBConv with the space's SE: sampled twins exist
 TWO_WITH_BACKBONE = {"layers_delta": 0, "defaults": {"kernels": [3], "expansions": [2]},
                      "stages": {1: {"operators": ["fused_mbconv"], "expansions": [1, 2]}, 2: {"operators": ["mbconv"]}}}
 
@@ -177,8 +171,8 @@ def test_a_sampled_twin_of_the_backbone_is_answered_from_the_backbone_trial(tmp_
     summary = run_sweep(_config(tmp_path, n_trials=6, backbone=str(tmp_path / "tiny.json"), space=TWO_WITH_BACKBONE), evaluate=counted)
     assert summary["complete"] == 6
     assert len(calls) == len(set(calls)) == 2  # the backbone and the one other architecture, each evaluated once
-    trials = open_run(tmp_path / "team").study.get_trials(deepcopy=False)
-    backbone = [t for t in trials if t.user_attrs.get("role") == "backbone"][0]
+    study = open_run(tmp_path / "team").study
+    trials, backbone = study.get_trials(deepcopy=False), backbone_trial(study)
     twins = [t for t in trials if t.user_attrs.get("spec_key") == backbone.user_attrs["spec_key"] and t.number != backbone.number]
     assert twins and all(t.user_attrs["reused_from"] == backbone.number and "role" not in t.user_attrs for t in twins)
 
@@ -207,7 +201,8 @@ def test_storage_calls_wait_out_a_locked_sqlite_database_within_a_bound(tmp_path
     blocker.rollback()
 
 
-def _lose_a_machine_mid_trial(tmp_path, address: str, env: dict[str, str], procs: list[subprocess.Popen], workers: set[str]) -> None:
+def _lose_a_machine_mid_trial(tmp_path, address: str, env: dict[str, str], procs: list[subprocess.Popen], workers: set[str],
+                              tiny_space: list[str]) -> None:
     """A second sweep; while both machines train, the second machine's Ray processes are killed: its trial is queued again."""
     import signal
     import sys
@@ -217,12 +212,8 @@ def _lose_a_machine_mid_trial(tmp_path, address: str, env: dict[str, str], procs
 
     run_env = {**{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},
                **{k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")}}
-    from tests.test_faults import FAST, TINY
-
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
-    (tmp_path / "tiny_space.yaml").write_text("layers_delta: 0\ndefaults: {kernels: [3], expansions: [1, 2, 4]}\n")
-    args = ["--backbone", str(tmp_path / "tiny.json"), "--space", str(tmp_path / "tiny_space.yaml"), *FAST, "--trials", "2",
-            "--concurrent", "2", "--sampler", "random", "--quiet", "--epochs", "30"]  # long enough to be in flight on both machines
+    args = [*tiny_space, "--trials", "2", "--concurrent", "2", "--sampler", "random", "--quiet",
+            "--epochs", "30"]  # long enough to be in flight on both machines
     driver = subprocess.Popen([sys.executable, "-m", "runners.cli", "search", "--name", "lost", "--runs-dir", str(tmp_path / "runs"),
                                "--address", address, "--cpus-per-trial", "1", *args, "--json"], cwd=ROOT, env=run_env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,7 @@
 """Real proxy training on the bundled digits (CPU)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,11 +10,12 @@ import torch.nn.functional as F
 from nas.data import load_dataset
 from nas.evaluate import evaluate_candidate
 from nas.model import count_spec_params
+from nas.spec import NetworkSpec
 from nas.step import TrainStep
-from nas.timing import ReferenceCache, TimingConfig, timing_step
+from nas.timing import ReferenceCache, TimingConfig, measure_step_time, timing_step
 from nas.train import TrainConfig, train_proxy
 from nas.zoo import get
-from tests.conftest import run_nas
+from tests.conftest import run_nas, tiny_backbone
 
 TINY_TIMING = TimingConfig(batch_size=8, image_size=32, warmup=1, steps=3)
 
@@ -75,10 +77,26 @@ def test_record_fields_and_normalization_against_another_backbone(tmp_path):
         assert getattr(record, key) is not None, key
     assert record.status == "ok" and record.backbone == "efficientnet-b0"
     assert record.reference_step_time_ms == planted
-    assert record.normalized_step_time == record.step_time_ms / planted
+    low, middle, high = sorted(record.step_time_samples_ms)  # the three timed steps (warm-up excluded), as stored
+    assert record.step_time_ms == middle  # S is their median, by hand
+    assert record.step_time_iqr_ms == pytest.approx(high - low)  # quartiles of three points (exclusive method): the extremes
+    assert record.throughput_img_s == pytest.approx(timing.batch_size / (middle / 1000.0))
+    assert record.normalized_step_time == middle / planted
     assert record.params == count_spec_params(candidate) and record.reference_params == count_spec_params(backbone)
     assert record.normalized_params == count_spec_params(candidate) / count_spec_params(backbone) != 1.0
     assert record.timed_step == record.trained_step and record.timed_step["optimizer"] == "AdamW"
+
+
+def test_step_time_is_the_median_of_its_samples():
+    """The statistics of a step time, computed by hand from the samples it keeps (five timed steps, warm-up excluded)."""
+    t = measure_step_time(NetworkSpec.from_dict(tiny_backbone()), TimingConfig(batch_size=4, image_size=16, warmup=1, steps=5), "cpu")
+    assert len(t.samples_ms) == 5 and len(set(t.samples_ms)) == 5  # five distinct timings: median, mean and extremes differ
+    s = sorted(t.samples_ms)
+    assert t.median_ms == s[2]
+    assert t.iqr_ms == pytest.approx((s[3] + s[4]) / 2 - (s[0] + s[1]) / 2)  # quartiles of five points, exclusive method
+    mean = sum(s) / 5
+    assert t.cv == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in s) / 5) / mean)
+    assert t.images_per_second == pytest.approx(4 / (s[2] / 1000.0)) and (t.batch_size, t.image_size) == (4, 16)
 
 
 def test_evaluate_cli_json():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,24 +14,10 @@ import optuna
 import pytest
 
 from tests.conftest import ROOT, run_nas
+from tests.ray_nodes import descendants
 
 pytestmark = pytest.mark.slow
-FAST = ["--epochs", "1", "--image-size", "16", "--timing-image-size", "16", "--timing-batch-size", "8", "--timing-steps", "3"]
 State = optuna.trial.TrialState
-TINY = {"schema_version": 1, "name": "tiny", "stem_channels": 8, "head_channels": 32, "num_classes": 10, "dropout": 0.0,
-        "stochastic_depth": 0.0, "train_image_size": 16, "eval_image_size": 16, "stages": [
-            {"operator": "fused_mbconv", "layers": 1, "kernel": 3, "stride": 1, "expansion": 1, "input_channels": 8,
-             "output_channels": 8, "se_ratio": 0.0},
-            {"operator": "mbconv", "layers": 1, "kernel": 3, "stride": 2, "expansion": 2, "input_channels": 8,
-             "output_channels": 16, "se_ratio": 0.0}]}
-
-
-@pytest.fixture
-def tiny_space(tmp_path) -> list[str]:
-    """A two-stage backbone and its space (18 architectures): the faults, not the training, take the test's time."""
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
-    (tmp_path / "tiny_space.yaml").write_text("layers_delta: 0\ndefaults: {kernels: [3], expansions: [1, 2, 4]}\n")
-    return ["--backbone", str(tmp_path / "tiny.json"), "--space", str(tmp_path / "tiny_space.yaml"), *FAST]
 
 
 def _start(args: list[str], err: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -171,8 +156,6 @@ def test_postgres_restarted_twice_during_a_sweep(tmp_path, tiny_space, postgres)
 
 def _runs(pid: int, name: str) -> bool:
     """A process below ``pid`` (the command's own Ray instance) whose command line starts with ``name``."""
-    from tests.test_team import descendants
-
     for child in descendants({pid}) - {pid}:
         try:
             if Path(f"/proc/{child}/cmdline").read_bytes().startswith(name.encode()):

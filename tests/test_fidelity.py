@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from nas.errors import InputError
+from nas.record import BACKBONE_ROLE
 from nas.spec import NetworkSpec
 from runners.analysis import fidelity
 from runners.analysis.fidelity import (
@@ -61,6 +62,36 @@ def test_ceiling_fraction_and_bootstrap_interval_on_planted_data_with_ties():
     assert fraction_of(0.3, {"kendall_tau": -0.1}) is None  # no positive ceiling: no fraction
 
 
+def _row(trial, proxy_accuracy, accuracy, proxy_reward, reward, replica):
+    return {"trial": trial, "backbone": trial == 0, "proxy_accuracy": proxy_accuracy, "accuracy": accuracy, "proxy_reward": proxy_reward,
+            "reward": reward, "replica_accuracy": replica, "scores": {"accuracy": proxy_accuracy}}
+
+
+def test_audit_of_planted_rows_with_a_tie_and_a_constant_side():
+    rows = [_row(0, 0.50, 0.80, 0.50, 0.80, 0.78), _row(1, 0.60, 0.85, 0.62, 0.79, 0.91),  # trial 0: the backbone
+            _row(2, 0.60, 0.70, 0.55, 0.75, 0.72), _row(3, 0.70, 0.90, 0.70, 0.78, 0.88)]  # trials 1 and 2 tie in proxy accuracy
+    audit = fidelity.audit_rows(rows)
+    # accuracy, pairs by hand: (0,2) discordant, (1,2) tied in the proxy only, the other 4 concordant: tau-b = (4 - 1) / sqrt(6 * 5)
+    assert audit["kendall_tau_accuracy"] == pytest.approx(3 / math.sqrt(30))
+    # average ranks (1, 2.5, 2.5, 4) against (2, 3, 1, 4): rho = 3 / sqrt(4.5 * 5)
+    assert audit["spearman_accuracy"] == pytest.approx(3 / math.sqrt(4.5 * 5))
+    # reward: ranks (1, 3, 2, 4) against (4, 3, 1, 2): 2 concordant, 4 discordant; rank differences (-3, 0, 1, 2)
+    assert audit["kendall_tau_reward"] == pytest.approx(-1 / 3) and audit["spearman_reward"] == pytest.approx(1 - 6 * 14 / (4 * 15))
+    assert audit["top_k"] == 1 and audit["top_k_overlap_reward"] == 0.0  # top by proxy reward: trial 3; by long reward: the backbone
+    # the best proxy trial (3) loses to the backbone in long reward (0.78 < 0.80) but beats it in long accuracy (0.90 > 0.80)
+    assert audit["best_proxy_trial"] == 3
+    assert audit["best_beats_backbone_long"] is False and audit["best_beats_backbone_long_accuracy"] is True
+    # the ceiling: long accuracy against its replica, one swap (trials 1 and 3) of six pairs: (5 - 1) / 6
+    assert audit["ceiling"]["kendall_tau"] == pytest.approx(2 / 3) and audit["ceiling"]["trials"] == 4
+    score = audit["scores"]["accuracy"]
+    assert score["kendall_tau"] == pytest.approx(3 / math.sqrt(30)) and score["fraction_of_ceiling"] == pytest.approx(3 / math.sqrt(30) / (2 / 3))
+    assert {name for name, row in audit["scores"].items() if row is None} == {"best_accuracy", "val_loss", "sotl", "sotl_last"}
+
+    flat = fidelity.audit_rows([{**r, "accuracy": 0.8, "reward": 0.8} for r in rows])  # the long schedule ties every trial
+    assert (flat["kendall_tau_accuracy"], flat["spearman_accuracy"], flat["kendall_tau_reward"], flat["spearman_reward"]) == (None,) * 4
+    assert flat["best_beats_backbone_long"] is False and flat["best_beats_backbone_long_accuracy"] is False  # a tie does not beat
+
+
 def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
     from nas.evaluate import evaluate_candidate
     from nas.scores import proxy_scores
@@ -86,6 +117,11 @@ def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
         TrainConfig(data_fraction=0)
 
 
+def _or_none(value: float):
+    """A statistic as the audit stores it: None where it is undefined (nan: one side constant), else the value."""
+    return None if math.isnan(value) else pytest.approx(value)
+
+
 @pytest.mark.slow
 def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     args = ["search", "--name", "fid", "--runs-dir", tmp_path, "--concurrent", "2", "--sampler", "random", "--seed", "5", *small_space,
@@ -93,7 +129,7 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     result = run_nas(*args, "--trials", "3", "--json")
     assert result.code == 0, result.err
     run = open_run(tmp_path / "fid")
-    marked = [t for t in run.study.trials if t.user_attrs.get("role") == "backbone"]
+    marked = [t for t in run.study.trials if t.user_attrs.get("role") == BACKBONE_ROLE]
     assert len(marked) == 1 and marked[0].number == 0  # evaluated first
     base = backbone_trial(run.study)
     assert base.number == 0 and base.user_attrs["normalized_params"] == 1.0
@@ -105,7 +141,7 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     resumed = run_nas(*args, "--trials", "4", "--json")  # resume: still one backbone
     assert resumed.code == 0, resumed.err
     run = open_run(tmp_path / "fid")
-    assert sum(t.user_attrs.get("role") == "backbone" for t in run.study.trials) == 1
+    assert sum(t.user_attrs.get("role") == BACKBONE_ROLE for t in run.study.trials) == 1
     assert resumed.json()["complete"] == 4 and resumed.json()["trials_this_run"] == 1
 
     rescore = run_nas("rescore", tmp_path / "fid", "--json").json()["backbone"]
@@ -116,8 +152,14 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     assert_one_line_error(run_nas("rescore", tmp_path / "fid", "--score", "speed"), "score")
     export = run_nas("export", tmp_path / "fid", "-o", tmp_path / "arch.json")
     assert export.code == 0, export.err
-    against = json.loads((tmp_path / "arch.json").read_text())["provenance"]["against_backbone"]
-    assert against["backbone_trial"] == 0 and isinstance(against["dominates"], bool)
+    provenance = json.loads((tmp_path / "arch.json").read_text())["provenance"]
+    against, mine, base_attrs = provenance["against_backbone"], run.trial(provenance["trial"]).user_attrs, base.user_attrs
+    no_worse = [mine["accuracy"] >= base_attrs["accuracy"], mine["normalized_step_time"] <= base_attrs["normalized_step_time"],
+                mine["normalized_params"] <= base_attrs["normalized_params"]]
+    better = [mine["accuracy"] > base_attrs["accuracy"], mine["normalized_step_time"] < base_attrs["normalized_step_time"],
+              mine["normalized_params"] < base_attrs["normalized_params"]]
+    assert against["backbone_trial"] == 0 and against["dominates"] == (all(no_worse) and any(better))
+    assert against["beats_reward"] == (mine["reward"] > base_attrs["reward"])
 
     fid = run_nas("fidelity", tmp_path / "fid", "--trials", "3", "--epochs", "2", "--json")
     assert fid.code == 0, fid.err
@@ -130,11 +172,13 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     rows = [stored[n] for n in sorted(numbers)]
     assert all(r["schedule"] == {"epochs": 2, "image_size": 16, "data_fraction": 1.0} and r["status"] == "ok" for r in rows)
     for proxy, long, name in (("proxy_accuracy", "accuracy", "accuracy"), ("proxy_reward", "reward", "reward")):
-        x, y = [r[proxy] for r in rows], [r[long] for r in rows]
-        if len(set(x)) > 1 and len(set(y)) > 1:
-            assert audit[f"kendall_tau_{name}"] == pytest.approx(stats.kendalltau(x, y).statistic)
-            assert audit[f"spearman_{name}"] == pytest.approx(stats.spearmanr(x, y).statistic)
-    assert rows[0]["accuracy"] >= 0 and audit["best_beats_backbone_long"] in (True, False)
+        x, y = [r[proxy] for r in rows], [r[long] for r in rows]  # ties kept: tau-b; a constant side: no statistic (None)
+        assert audit[f"kendall_tau_{name}"] == _or_none(stats.kendalltau(x, y).statistic), (x, y)
+        assert audit[f"spearman_{name}"] == _or_none(stats.spearmanr(x, y).statistic), (x, y)
+    best = max((n for n in sorted(numbers) if n != 0), key=lambda n: stored[n]["proxy_reward"])  # the best proxy trial, not the backbone
+    assert audit["best_proxy_trial"] == best
+    assert audit["best_beats_backbone_long"] == (stored[best]["reward"] > stored[0]["reward"])
+    assert audit["best_beats_backbone_long_accuracy"] == (stored[best]["accuracy"] > stored[0]["accuracy"])
     replicas = {int(k[len(REPLICA_PREFIX):]): v for k, v in run.study.user_attrs.items() if k.startswith(REPLICA_PREFIX)}
     assert sorted(replicas) == sorted(numbers)  # the long schedule a second time, another seed: the ceiling
     assert all(replicas[n]["seed"] == stored[n]["seed"] + 1 and replicas[n]["schedule"] == stored[n]["schedule"] for n in numbers)
@@ -169,7 +213,11 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     result = calibrated.json()
     assert {(r["setting"]["data_fraction"], r["score"]) for r in result["table"]} <= {(f, s) for f in (0.5, 1.0) for s in audit["scores"]}
     assert all(r["cost"] > 0 and r["relative_cost"] > 0 for r in result["table"]) and (tmp_path / "fid" / "calibration.png").exists()
-    assert result["ceiling"] == audit["ceiling"] and (result["recommended"] is None) == (result["snippet"] is None)
+    assert result["ceiling"] == audit["ceiling"]
+    reaching = [r for r in result["table"] if r["score"] in ("accuracy", "best_accuracy") and r["fraction_of_ceiling"] is not None
+                and r["fraction_of_ceiling"] >= 0.8]  # the default target, accuracy-like scores only
+    cheapest = min(reaching, key=lambda r: (r["cost"], -r["fraction_of_ceiling"])) if reaching else None
+    assert result["recommended"] == cheapest and (result["snippet"] is None) == (cheapest is None)
     again = run_nas(*args)  # resumable: nothing trains
     assert again.code == 0 and "0 trainings to go" in again.err and again.json()["table"] == result["table"]
     assert_one_line_error(run_nas("calibrate", tmp_path / "fid", "--target", "2"), "target")

@@ -11,7 +11,8 @@ import optuna
 import pytest
 
 from nas.model import build
-from runners.study import open_run, trial_spec
+from nas.record import BACKBONE_ROLE
+from runners.study import open_run, scored_trials, trial_spec
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,7 @@ def test_resume_after_sigkill(tmp_path, small_space):
                     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
                 except Exception:
                     continue
-                done = [t for t in study.trials if t.state == Complete and t.user_attrs.get("role") != "backbone"]
+                done = scored_trials(study)
                 running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
                 if len(done) >= 2 and running:
                     before = {t.number: t.user_attrs["finished_at"] for t in done}
@@ -88,7 +89,7 @@ def test_resume_after_sigkill(tmp_path, small_space):
     assert result.code == 0, result.err
     run = open_run(tmp_path / "resume")
     trials = run.study.trials
-    complete = [t for t in trials if t.state == Complete and t.user_attrs.get("role") != "backbone"]
+    complete = scored_trials(run.study)
     assert len(complete) == 5
     for number, finished_at in before.items():  # kept, not re-run
         assert run.trial(number).state == Complete and run.trial(number).user_attrs["finished_at"] == finished_at
@@ -106,7 +107,7 @@ def test_trial_timeout_cancels_and_sweep_goes_on(tmp_path):
     assert result.code == 1, result.err  # nothing completed: a runtime failure, but the sweep ran to its end
     assert result.json()["failed"] == 2
     trials = open_run(tmp_path / "slow").study.trials  # the backbone yardstick, then the two search trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3 and trials[0].user_attrs["role"] == "backbone"
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3 and trials[0].user_attrs["role"] == BACKBONE_ROLE
     assert all(t.user_attrs["failure_reason"].startswith("timeout") for t in trials)
 
 
@@ -163,28 +164,61 @@ def test_multi_objective_sweep_and_pareto_front(tmp_path, small_space):
     assert front == brute
 
 
-def test_asha_pruner_reports_per_epoch(tmp_path, small_space):
-    result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "4", "--concurrent", "2", "--pruner", "asha", *small_space,
-                     "--sampler", "random", "--epochs", "3", "--image-size", "16", "--timing-image-size", "32",
-                     "--timing-batch-size", "8", "--timing-steps", "3", "--json")
+def _asha_keeps(value: float, rung: list[float]) -> bool:
+    """Successive halving with reduction factor 2, by hand: a value goes on if it is among the top half of its rung
+    (all values reported there so far, its own included), and always the best one while fewer than 2 are there."""
+    return value >= sorted(rung, reverse=True)[max(1, len(rung) // 2) - 1]
+
+
+def test_asha_pruner_prunes_per_epoch(tmp_path, small_space):
+    # one trial at a time, seeded, on one thread: the trials report in trial order with the same values every run, so the
+    # pruner's decisions can be replayed from the stored per-epoch accuracies. With seed 0 the epoch-1 accuracies are about
+    # 0.09 (the backbone), 0.27, 0.17 and 0.08: trials 2 and 3 fall well below the rung's top half and must be pruned
+    result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "3", "--concurrent", "1", "--cpus-per-trial", "1",
+                     "--pruner", "asha", *small_space, "--sampler", "random", "--seed", "0", "--epochs", "3", "--image-size", "16",
+                     "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3", "--json")
     assert result.code == 0, result.err
-    trials = open_run(tmp_path / "asha").study.trials
-    assert all(t.state in (Complete, optuna.trial.TrialState.PRUNED) for t in trials)
-    assert all(t.intermediate_values for t in trials)  # per-epoch accuracy reached the study from the workers
+    trials = open_run(tmp_path / "asha").study.trials  # the backbone yardstick first, then the 3 search trials
+    assert len(trials) == 4 and all(t.intermediate_values for t in trials)  # per-epoch accuracy reached the study from the workers
+    rungs: dict[int, list[float]] = {1: [], 2: []}  # rungs at epochs 1 and 2 (min_resource 1, reduction factor 2)
+    expected = []
     for t in trials:
-        if t.state == optuna.trial.TrialState.PRUNED:
-            assert t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] < 3
+        state = Complete
+        for epoch in (1, 2):
+            value = t.intermediate_values[epoch]
+            rungs[epoch].append(value)
+            if not _asha_keeps(value, rungs[epoch]):
+                state = optuna.trial.TrialState.PRUNED
+                break
+        expected.append((t.number, state, epoch if state != Complete else 3))
+    assert [(t.number, t.state, sorted(t.intermediate_values)[-1]) for t in trials] == expected, \
+        [(t.number, t.intermediate_values) for t in trials]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, [(t.number, t.intermediate_values) for t in trials]  # the sweep is designed to prune: it did
+    assert all(t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] == len(t.intermediate_values) < 3 for t in pruned)
+    assert result.json()["pruned"] == len(pruned)
 
 
-def test_default_layout_follows_the_machine():
+@pytest.mark.parametrize("cores, layout, one_cpu_trials", [
+    (1, (1, 1.0), 1), (2, (1, 2.0), 2), (3, (1, 3.0), 3), (4, (2, 2.0), 4), (8, (4, 2.0), 4), (16, (4, 4.0), 4), (64, (4, 16.0), 4),
+])
+def test_default_layout_follows_the_machine(monkeypatch, cores, layout, one_cpu_trials):
+    """The README's layout, written out: up to 4 trials of at least 2 threads, the cores split evenly (2 cores: 1 x 2; 8: 4 x 2;
+    16: 4 x 4); a sweep config without a layout gets the one of the machine it is resolved on."""
     import os
 
     from runners.config import default_layout, resolve_config
 
-    assert default_layout(2) == (1, 2.0) and default_layout(16) == (4, 4.0) and default_layout(1) == (1, 1.0)
-    assert default_layout(3) == (1, 3.0) and default_layout(4) == (2, 2.0) and default_layout(2, cpus_per_trial=1) == (2, 1)
-    assert default_layout(2, cpus_per_trial=2) == (1, 2) and default_layout(8, max_concurrent=2) == (2, 4.0)
-    assert default_layout(64, gpus_per_trial=0.5, gpus=8) == (16, 4.0)
+    assert default_layout(cores) == layout
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)  # this machine has ``cores`` cores
     config = resolve_config(None, {"name": "layout"})
-    assert (config.max_concurrent, config.cpus_per_trial) == default_layout(os.cpu_count())
-    assert resolve_config(None, {"name": "layout", "cpus_per_trial": 1.0}).max_concurrent == min(4, os.cpu_count())
+    assert (config.max_concurrent, config.cpus_per_trial) == layout
+    assert resolve_config(None, {"name": "layout", "cpus_per_trial": 1.0}).max_concurrent == one_cpu_trials  # 1-thread trials, at most 4
+
+
+def test_default_layout_keeps_what_is_given():
+    from runners.config import default_layout
+
+    assert default_layout(2, cpus_per_trial=1) == (2, 1) and default_layout(2, cpus_per_trial=2) == (1, 2)
+    assert default_layout(8, max_concurrent=2) == (2, 4.0) and default_layout(16, max_concurrent=3) == (3, 5.0)
+    assert default_layout(64, gpus_per_trial=0.5, gpus=8) == (16, 4.0)  # GPU: one trial per half GPU, the cores split among them

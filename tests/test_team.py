@@ -4,13 +4,10 @@ server, and no storage password anywhere (files, study, outputs, report, dashboa
 from __future__ import annotations
 
 import gzip
-import ipaddress
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,59 +20,8 @@ import pytest
 
 from runners.credentials import mask_url, scrub, storage_option
 from runners.study import open_run, rdb_storage
-from tests.conftest import ROOT, Result, assert_one_line_error, run_nas
-
-TINY = ["--trials", "2", "--concurrent", "2", "--sampler", "random", "--epochs", "1", "--image-size", "16",
-        "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3", "--quiet"]
-RAY = [str(Path(sys.executable).parent / "ray")]  # the `ray` command of this environment
-
-
-# ---- processes and sockets, read from /proc ---------------------------------------------------
-def descendants(roots: set[int]) -> set[int]:
-    """``roots`` and every live process below them."""
-    parent: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, grew = set(roots), True
-    while grew:
-        new = {pid for pid, ppid in parent.items() if ppid in found} - found
-        found |= new
-        grew = bool(new)
-    return found
-
-
-def _ip(hex_address: str) -> str:
-    raw = bytes.fromhex(hex_address)
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # /proc/net prints 32-bit words little-endian
-    address = ipaddress.ip_address(raw)
-    return str(getattr(address, "ipv4_mapped", None) or address)  # ::ffff:127.0.0.1 -> 127.0.0.1
-
-
-def listening_addresses(pids: set[int]) -> set[str]:
-    """The local addresses of the TCP sockets that ``pids`` listen on."""
-    listening = {}
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # LISTEN
-                listening[fields[9]] = _ip(fields[1].split(":")[0])
-    found = set()
-    for pid in pids:
-        try:
-            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        except OSError:
-            continue
-        found |= {listening[link[8:-1]] for link in links if link.startswith("socket:[") and link[8:-1] in listening}
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import ROOT, TINY_SEARCH, Result, assert_one_line_error, run_nas
+from tests.ray_nodes import RAY, alive_nodes, descendants, free_port, stop_nodes
 
 
 # ---- masking ----------------------------------------------------------------------------------
@@ -97,7 +43,7 @@ LOCAL_RAY = """
 import json, os, sys
 from runners.config import SweepConfig
 from runners.ray_cluster import init_ray
-from tests.test_team import descendants, listening_addresses
+from tests.ray_nodes import descendants, listening_addresses
 init_ray(SweepConfig(ray_tmpdir=sys.argv[1]))
 import ray
 node = ray.get(ray.remote(lambda: ray.get_runtime_context().get_node_id()).remote())
@@ -124,53 +70,10 @@ def test_sweep_ray_instance_listens_on_loopback_only_with_a_token(tmp_path):
     assert "Token authentication" not in proc.stderr  # no warning either way
 
 
-def _stop(procs: list[subprocess.Popen], known: set[int]) -> set[int]:
-    """SIGTERM the `ray start --block` processes (they stop their nodes), then SIGKILL whatever of ``known`` is left."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    deadline, left = time.monotonic() + 30, set(known)
-    while left and time.monotonic() < deadline:
-        left = {pid for pid in left if Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid)}
-        time.sleep(0.5)
-    for pid in left:  # never more than what this test started
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    return left
-
-
-def _state(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        return f"({text.rsplit(')', 1)[1].split()[0]})"
-    except OSError:
-        return "(gone)"
-
-
-def _alive_nodes(address: str, env: dict[str, str], count: int, timeout: float = 120) -> list[str]:
-    """Node ids from `ray status` (which asks the GCS without joining as a driver), once ``count`` are active."""
-    deadline, nodes = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        status = subprocess.run([*RAY, "status", "--address", address], capture_output=True, text=True, timeout=60, env=env)
-        active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
-        nodes = sorted(word.removeprefix("node_") for word in active.split() if word.startswith("node_"))
-        if len(nodes) >= count:
-            break
-        time.sleep(1)
-    return nodes
-
-
 @pytest.mark.slow
 def test_search_on_a_two_node_ray_cluster(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="nas-ray-")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     # the README's team setup: token authentication on every node and for the driver
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "HOME": str(tmp_path)}
@@ -185,17 +88,17 @@ def test_search_on_a_two_node_ray_cluster(tmp_path):
         procs.append(subprocess.Popen([*RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                                        "--include-dashboard", "false", *common],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        assert len(_alive_nodes(address, env, 1)) == 1
+        assert len(alive_nodes(address, env, 1)) == 1
         # the worker node names the head's address explicitly, as the head does; its log is kept for the failure message
         worker_log = tmp_path / "worker-node.log"
         with worker_log.open("w") as log:
             procs.append(subprocess.Popen([*RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
                                           env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        node_ids = _alive_nodes(address, env, 2, timeout=180)
+        node_ids = alive_nodes(address, env, 2, timeout=180)
         assert len(node_ids) == 2, f"worker node did not join (exit {procs[-1].poll()}): {worker_log.read_text()[-2000:]}"
 
         result = run_nas("search", "--name", "cluster", "--runs-dir", tmp_path / "runs", "--address", address,
-                         "--cpus-per-trial", "1", *TINY, "--json", env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")})
+                         "--cpus-per-trial", "1", *TINY_SEARCH, "--json", env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")})
         assert result.code == 0, result.err
         assert result.json()["complete"] == 2
         trials = open_run(tmp_path / "runs" / "cluster").study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -204,7 +107,7 @@ def test_search_on_a_two_node_ray_cluster(tmp_path):
         known = descendants({p.pid for p in procs})
     finally:
         known |= descendants({p.pid for p in procs})
-        left = _stop(procs, known)
+        left = stop_nodes(procs, known)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert all(p.returncode is not None for p in procs)
     assert not left, f"Ray processes left after the cluster stopped: {sorted(left)}"
@@ -219,7 +122,7 @@ def _get(url: str) -> bytes:
 
 
 def _dashboard_api(run_dir: Path, url: str) -> tuple[list[bytes], Result]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "dashboard", str(run_dir), "--port", str(port),
                              "--storage", url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     bodies: list[bytes] = []
@@ -248,7 +151,7 @@ def test_no_storage_password_anywhere(postgres, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="nas-ray-")
     outputs: list[Result] = []
     try:
-        search = run_nas("search", "--name", "team", "--runs-dir", runs, "--storage", url, "--ray-tmpdir", ray_tmp, *TINY, "--json")
+        search = run_nas("search", "--name", "team", "--runs-dir", runs, "--storage", url, "--ray-tmpdir", ray_tmp, *TINY_SEARCH, "--json")
         ray_files = [p for p in Path(ray_tmp).rglob("*") if p.is_file()]
         ray_hits = sorted(str(p) for p in ray_files if secret.encode() in p.read_bytes())
     finally:
@@ -279,9 +182,9 @@ def test_no_storage_password_anywhere(postgres, tmp_path):
     # errors: the run directory keeps no password; a wrong database; a wrong password
     missing = run_nas("rescore", run_dir)
     assert_one_line_error(missing, "***", "NAS_STORAGE")
-    wrong_db = run_nas("search", "--name", "other", "--runs-dir", runs, "--storage", url.rsplit("/", 1)[0] + "/nope", *TINY)
+    wrong_db = run_nas("search", "--name", "other", "--runs-dir", runs, "--storage", url.rsplit("/", 1)[0] + "/nope", *TINY_SEARCH)
     assert_one_line_error(wrong_db, "nas:***@", "nope")
-    wrong_pw = run_nas("search", "--name", "other2", "--runs-dir", runs, "--storage", url.replace(secret, secret + "x"), *TINY)
+    wrong_pw = run_nas("search", "--name", "other2", "--runs-dir", runs, "--storage", url.replace(secret, secret + "x"), *TINY_SEARCH)
     assert wrong_pw.code == 2 and "password authentication failed" in wrong_pw.err
     outputs += [missing, wrong_db, wrong_pw]
 
