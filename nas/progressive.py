@@ -25,8 +25,8 @@ from nas.pipeline import DeviceData
 from nas.regularize import EMA, mixup, randaugment
 from nas.schedule import ProgressiveConfig, Stage, schedule
 from nas.spec import NetworkSpec
-from nas.step import StepStats, TrainStep
-from nas.train import NonFiniteLoss, Progress, ProgressCallback, autocast, evaluate, pick_device, seed_everything, warmup_cosine
+from nas.step import StepStats, TrainStep, autocast
+from nas.train import NonFiniteLoss, Progress, ProgressCallback, evaluate, pick_device, seed_everything, warmup_cosine
 
 BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 

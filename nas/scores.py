@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nas.errors import InputError
+
 SCORES = ("accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last")
 ACCURACY_SCORES = ("accuracy", "best_accuracy")  # in [0, 1]: usable as A in the reward
 
@@ -50,8 +52,6 @@ def proxy_scores(record: dict[str, Any]) -> dict[str, float | None]:
 
 def check_score(name: str, allowed: tuple[str, ...] = SCORES, field: str = "score") -> str:
     """``name`` if it is one of ``allowed``, else the project's one-line InputError naming ``field``."""
-    from nas.errors import InputError
-
     if name not in allowed:
         raise InputError(f"{field}: {name!r} is not allowed, allowed {', '.join(allowed)}")
     return name

@@ -30,8 +30,8 @@ import torch
 from nas.errors import check_ints, check_number
 from nas.lock import DeviceLock, device_id, file_lock, lock_path, trace_device_work
 from nas.spec import NetworkSpec
-from nas.step import TrainStep
-from nas.train import OptimizerConfig, TrainConfig, make_step
+from nas.step import OptimizerConfig, TrainStep
+from nas.train import TrainConfig, make_step
 
 
 @dataclass(frozen=True)
