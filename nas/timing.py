@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from nas.errors import check_ints, check_number
+from nas.io import atomic_write_json
 from nas.lock import DeviceLock, device_id, file_lock, lock_path, trace_device_work
 from nas.spec import NetworkSpec
 from nas.step import OptimizerConfig, TrainStep
@@ -167,7 +167,7 @@ class ReferenceCache:
             stored = _read_json(self.path) if self.path.is_file() else {}
             if key not in stored:
                 stored[key] = measure_step_time(backbone, config, device, lock=lock, train=train).median_ms
-                _write_json_atomic(self.path, stored)
+                atomic_write_json(self.path, stored)
             self.memory[key] = float(stored[key])
         return self.memory[key]
 
@@ -178,9 +178,3 @@ def _read_json(path: Path) -> dict:
     except (OSError, json.JSONDecodeError):
         return {}
 
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ref.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
