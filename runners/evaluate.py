@@ -23,8 +23,8 @@ import torch
 
 from nas.data import Dataset, load_dataset
 from nas.lock import DeviceLock, device_id
-from nas.model import count_macs, count_spec_params
 from nas.pipeline import DeviceData
+from nas.plan import count_macs, count_spec_params
 from nas.spec import NetworkSpec
 from nas.timing import ReferenceCache, TimingConfig, device_name, measure_step_time
 from nas.train import EpochCallback, ProgressCallback, TrainConfig, pick_device, train_proxy

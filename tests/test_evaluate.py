@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.data import load_dataset
-from nas.model import count_spec_params
+from nas.plan import count_spec_params
 from nas.step import TrainStep
 from nas.timing import ReferenceCache, TimingConfig, timing_step
 from nas.train import TrainConfig, train_proxy
