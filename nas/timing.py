@@ -98,14 +98,14 @@ def measure_step_time(spec: NetworkSpec, config: TimingConfig = TimingConfig(), 
             with hold.work():
                 step(x, y)
     with lock.exclusive():
-        samples = _timed_steps(step, x, y, config.steps, device)
+        samples = _timed_steps(step, x, y, steps=config.steps, device=device)
     median = statistics.median(samples)
     q = statistics.quantiles(samples, n=4)
     cv = statistics.pstdev(samples) / statistics.fmean(samples)
     return StepTime(median, q[2] - q[0], cv, tuple(samples), config.batch_size, size, step.describe())
 
 
-def _timed_steps(step: TrainStep, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> list[float]:
+def _timed_steps(step: TrainStep, x: torch.Tensor, y: torch.Tensor, *, steps: int, device: torch.device) -> list[float]:
     """One re-warm step (caches after the neighbours' work), then ``steps`` timed steps in ms; drained before returning."""
     step(x, y)
     if device.type == "cuda":
@@ -133,7 +133,7 @@ class ReferenceCache:
 
         >>> cache = ReferenceCache()
         >>> from nas.zoo import get
-        >>> "|warmup=" in cache.key(get("efficientnetv2-b0", 10), TimingConfig(), "cpu", TrainConfig())
+        >>> "|warmup=" in cache.key(get("efficientnetv2-b0", 10), TimingConfig(), "cpu", train=TrainConfig())
         True
     """
 
@@ -141,7 +141,7 @@ class ReferenceCache:
         self.path = Path(path) if path else None
         self.memory: dict[str, float] = {}
 
-    def key(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str,
+    def key(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, *,
             train: OptimizerConfig = TrainConfig()) -> str:
         device = torch.device(device)
         size = config.image_size or backbone.train_image_size
@@ -153,10 +153,10 @@ class ReferenceCache:
                  "compile": getattr(train, "compile", False)}
         return "|".join(f"{name}={value}" for name, value in parts.items())
 
-    def get(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, lock: DeviceLock | None = None,
+    def get(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, *, lock: DeviceLock | None = None,
             train: OptimizerConfig = TrainConfig()) -> float:
         """The reference step time in ms: from memory, else the file, else measured (once per file, under its lock)."""
-        key = self.key(backbone, config, device, train)
+        key = self.key(backbone, config, device, train=train)
         if key in self.memory:
             return self.memory[key]
         if self.path is None:

@@ -121,7 +121,7 @@ def evaluate_candidate(
         try:
             # the trial's own step (optimizer, groups, loss, compile) for the candidate and the reference alike
             step = measure_step_time(spec, timing_config, torch_device, lock=device_lock, train=train_config)
-            reference = (reference_cache or ReferenceCache()).get(backbone, timing_config, torch_device, device_lock, train_config)
+            reference = (reference_cache or ReferenceCache()).get(backbone, timing_config, torch_device, lock=device_lock, train=train_config)
             record.update(step_time_ms=step.median_ms, step_time_iqr_ms=step.iqr_ms, step_time_cv=step.cv, timed_step=step.step,
                           step_time_samples_ms=list(step.samples_ms), reference_step_time_ms=reference,
                           normalized_step_time=step.median_ms / reference, throughput_img_s=step.images_per_second)

@@ -67,7 +67,7 @@ def test_record_fields_and_normalization_against_another_backbone(tmp_path):
     cache = ReferenceCache(tmp_path / "reference.json")
     planted = 1234.5  # ms; no real 5-image step on this machine takes that long, so a measured value would differ
     train = TrainConfig(epochs=1, image_size=16, threads=2)
-    (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu", train): planted}))
+    (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu", train=train): planted}))
     record = evaluate_candidate(candidate, "digits", train, timing,
                                 backbone=backbone, reference_cache=cache)
     for key in ("accuracy", "val_loss", "curve", "step_time_ms", "step_time_iqr_ms", "normalized_step_time", "params",
