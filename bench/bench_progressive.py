@@ -50,7 +50,7 @@ def subset(full: Dataset, train: int, test: int) -> Dataset:
 def _train(args: argparse.Namespace, data: Dataset, epochs: int, seed: int, progressive: bool, kind: str) -> dict[str, Any]:
     config = ProgressiveConfig(epochs=epochs, seed=seed, progressive=progressive, threads=1, **args.overrides)
     with tempfile.TemporaryDirectory() as out:
-        s = train_progressive(SPEC, data, config, out, device="cpu", log=lambda m: None)
+        s = train_progressive(SPEC, data, config, out_dir=out, device="cpu", log=lambda m: None)
     sizes: dict[int, list[float]] = {}
     for h in s["history"]:
         sizes.setdefault(h["image_size"], []).append(h["cpu_seconds"])

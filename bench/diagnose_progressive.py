@@ -72,7 +72,7 @@ def main() -> None:
                 copied = copy.deepcopy(model)
                 old = evaluate(copied, probe.eval_batches(512, size), torch.device("cpu"))
                 gen = torch.Generator().manual_seed(1)
-                reestimate_batchnorm(copied, (b for _, b in zip(range(20), probe.train_batches(128, size, gen, 0, False))),
+                reestimate_batchnorm(copied, (b for _, b in zip(range(20), probe.train_batches(128, size, gen, crop_padding=0, flip=False))),
                                      torch.device("cpu"))
                 new = evaluate(copied, probe.eval_batches(512, size), torch.device("cpu"))
                 same = evaluate(model, probe.eval_batches(512, stage.image_size), torch.device("cpu"))
@@ -81,7 +81,7 @@ def main() -> None:
 
         begin = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
-            s = train_progressive(SPEC, data, config, out, device="cpu", log=lambda m: None, on_epoch_end=inspect)
+            s = train_progressive(SPEC, data, config, out_dir=out, device="cpu", log=lambda m: None, on_epoch_end=inspect)
         history = [{**h, "train_accuracy": rows[h["epoch"]][0], "train_eval_loss": rows[h["epoch"]][1]} for h in s["history"]]
         print(json.dumps({"variant": name, "seed": args.seed, "epochs": args.epochs, "overrides": overrides,
                           "test_accuracy": s["test_accuracy"], "train_cpu_seconds": s["train_cpu_seconds"],

@@ -41,8 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from nas.data import Dataset  # noqa: E402
 from nas.lock import DeviceLock  # noqa: E402
-from nas.model import build, count_spec_params  # noqa: E402
+from nas.model import build  # noqa: E402
 from nas.pipeline import DeviceData  # noqa: E402
+from nas.plan import count_spec_params  # noqa: E402
 from nas.scaling import scale  # noqa: E402
 from nas.spec import NetworkSpec  # noqa: E402
 from nas.step import make_optimizer  # noqa: E402

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from nas.data import DataError, Dataset
+from nas.data import DataError, Dataset, hold_out_test
 from nas.errors import InputError
+from nas.io import load_spec as load_named_or_path
 from nas.model import Network, build
 from nas.spec import NetworkSpec
 
@@ -28,8 +29,6 @@ SpecSource = NetworkSpec | dict | str | Path
 
 def load_spec(source: SpecSource, num_classes: int | None = None) -> NetworkSpec:
     """A :class:`NetworkSpec` from a NetworkSpec, a dict (a spec or an exported ``arch.json``), a path or a registry name."""
-    from nas.io import load_spec as load_named_or_path
-
     if isinstance(source, NetworkSpec):
         spec = source
     elif isinstance(source, dict):
@@ -114,9 +113,7 @@ def user_dataset(train: Any, test: Any = None, *, num_classes: int | None = None
         f"{len(splits[0][0])} images {shape} (20% held out for test)"
     label = f"{name}: {counts}, {classes} classes, sha256 {digest.hexdigest()[:12]}"
     if len(splits) == 1:
-        from nas.data import _hold_out_test
-
-        return _hold_out_test(label, *splits[0], seed, classes, [str(i) for i in range(classes)])
+        return hold_out_test(label, *splits[0], seed=seed, classes=classes, names=[str(i) for i in range(classes)])
     (train_images, train_labels), (test_images, test_labels) = splits
     return Dataset(label, train_images, train_labels, test_images, test_labels, classes, [str(i) for i in range(classes)])
 

@@ -67,7 +67,7 @@ def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
     return state
 
 
-def load(out_dir: str | os.PathLike[str], expected: dict[str, Any], epochs: int, device: torch.device | str,
+def load(out_dir: str | os.PathLike[str], expected: dict[str, Any], epochs: int, *, device: torch.device | str,
          log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """The newest readable checkpoint in ``out_dir`` (None: start from scratch).
 

@@ -137,8 +137,8 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"data: {path} is corrupt or truncated ({error})") from None
 
 
-def _hold_out_test(name: str, images: torch.Tensor, labels: torch.Tensor, seed: int, classes: int, names: list[str]) -> Dataset:
-    # a data set with no test split gets a fixed 20% test split, drawn once from a fixed seed
+def hold_out_test(name: str, images: torch.Tensor, labels: torch.Tensor, *, seed: int, classes: int, names: list[str]) -> Dataset:
+    """A :class:`Dataset` of data with no test split: a fixed 20% held out as the test split, drawn from a fixed seed."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(10_000 + seed))
     n_test = max(1, len(images) // 5)
     test, train = order[:n_test], order[n_test:]
@@ -152,7 +152,7 @@ def _digits(seed: int) -> Dataset:
     # 8x8 grey levels 0..16 -> uint8 0..255
     images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    return _hold_out_test("digits", images, labels, 0, 10, [str(i) for i in range(10)])
+    return hold_out_test("digits", images, labels, seed=0, classes=10, names=[str(i) for i in range(10)])
 
 
 def parse_idx(data: bytes, source: str) -> np.ndarray:
@@ -267,7 +267,8 @@ def _npz(path: Path, seed: int) -> Dataset:
         raise DataError(f"data: {path.name} has negative labels")
     classes = int(labels_all.max()) + 1
     if test is None:
-        return _hold_out_test(path.stem, train[0], train[1], seed, classes, [str(i) for i in range(classes)])
+        return hold_out_test(path.stem, train[0], train[1], seed=seed, classes=classes,
+                             names=[str(i) for i in range(classes)])
     return Dataset(path.stem, *train, *test, classes, [str(i) for i in range(classes)])
 
 
@@ -308,7 +309,7 @@ def _image_folder(root: Path, seed: int) -> Dataset:
 
     images, labels = stack(train_images), torch.tensor(train_labels, dtype=torch.int64)
     if not has_splits:
-        return _hold_out_test(root.name, images, labels, seed, len(names), names)
+        return hold_out_test(root.name, images, labels, seed=seed, classes=len(names), names=names)
     test_images, test_labels, _ = _read_folder(root / "test", names)
     if not test_images:
         raise DataError(f"data: {root / 'test'} holds no images")

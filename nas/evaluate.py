@@ -23,8 +23,8 @@ import torch
 
 from nas.data import Dataset, load_dataset
 from nas.lock import DeviceLock, device_id
-from nas.model import count_macs, count_spec_params
 from nas.pipeline import DeviceData
+from nas.plan import count_macs, count_spec_params
 from nas.record import FAILED, OK, PRUNED, TrialRecord
 from nas.scores import proxy_scores
 from nas.spec import NetworkSpec
@@ -134,7 +134,7 @@ def _timed(spec: NetworkSpec, backbone: NetworkSpec, timing: TimingConfig, train
     try:
         # the trial's own step (optimizer, groups, loss, compile) for the candidate and the reference alike
         step = measure_step_time(spec, timing, device, lock=lock, train=train)
-        reference = cache.get(backbone, timing, device, lock, train)
+        reference = cache.get(backbone, timing, device, lock=lock, train=train)
     except torch.cuda.OutOfMemoryError as error:
         torch.cuda.empty_cache()
         return dict(status=FAILED, failure_reason=f"CUDA out of memory while timing: {str(error).splitlines()[0]}")

@@ -1,11 +1,12 @@
-"""The model builder: a pure function ``NetworkSpec -> nn.Module``, plus parameter and MAC counts.
+"""The model builder: a pure function ``NetworkSpec -> nn.Module``, plus its exact parameter count and traced MACs.
 
-Each block is first described by a :class:`BlockPlan` (its convolutions and SE with channels, kernel,
-stride, groups); the modules, :func:`count_spec_params` and :func:`count_macs` are all read from it.
+Each block's modules are built from its :class:`~nas.plan.BlockPlan` (its convolutions and SE with
+channels, kernel, stride, groups); the counts from the spec alone (:func:`~nas.plan.count_spec_params`,
+:func:`~nas.plan.count_macs`, :func:`~nas.plan.count_activations`) read the same plans in :mod:`nas.plan`.
 Modules are named like timm's: ``stages[i][j].conv_pw / conv_dw / se / conv_pwl`` (Fused-MBConv:
 ``conv_exp / se / conv_pwl``), ``nn.Identity()`` where a block has no such part.
 
-Block semantics follow the reference code (``shared/REFERENCE.md``): SiLU, BatchNorm eps 1e-3,
+Block semantics follow the official EfficientNetV2 code: SiLU, BatchNorm eps 1e-3,
 bias-free convolutions except inside SE, residual + stochastic depth when shape is kept.
 
     >>> from nas.zoo import get
@@ -17,139 +18,16 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from nas.errors import InputError
-from nas.spec import NetworkSpec, SpecError, StageSpec
+from nas.plan import BlockPlan, ConvPlan, SEPlan, plan_head, plan_stage, plan_stem
+from nas.spec import NetworkSpec, SpecError
 
 BN_EPS = 1e-3
-
-
-# ---- the layer plan: the one description of a block's convolutions ------------------------------
-def _out(size: int, stride: int) -> int:
-    return -(-size // stride)  # ceil: "same" padding
-
-
-@dataclass(frozen=True)
-class ConvPlan:
-    """One bias-free convolution + BatchNorm (+ SiLU when ``activation``); "same" padding.
-
-        >>> ConvPlan(16, 64, 1).params, ConvPlan(64, 64, 3, stride=2, groups=64).macs(32)
-        (1152, 147456)
-    """
-
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int = 1
-    groups: int = 1
-    activation: bool = True
-
-    @property
-    def params(self) -> int:
-        """Conv weight + BN affine."""
-        return self.out_channels * (self.in_channels // self.groups) * self.kernel**2 + 2 * self.out_channels
-
-    def output_size(self, size: int) -> int:
-        return _out(size, self.stride)
-
-    def macs(self, size: int) -> int:
-        """Multiply-adds on a ``size`` x ``size`` input."""
-        out = self.output_size(size)
-        return out * out * self.out_channels * (self.in_channels // self.groups) * self.kernel**2
-
-
-@dataclass(frozen=True)
-class SEPlan:
-    """Squeeze-and-excitation on ``channels``: two 1x1 convs with bias around a ``squeeze``-wide SiLU."""
-
-    channels: int
-    squeeze: int
-
-    @property
-    def params(self) -> int:
-        return 2 * self.channels * self.squeeze + self.squeeze + self.channels
-
-    @property
-    def macs(self) -> int:
-        return 2 * self.channels * self.squeeze  # on the pooled (N, C, 1, 1) tensor
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """One block's layers, in forward order: ``expand`` -> ``depthwise`` -> ``se`` -> ``project``.
-
-    MBConv: ``expand`` is the 1x1 ``conv_pw`` (absent when e = 1), ``depthwise`` the kxk ``conv_dw``.
-    Fused-MBConv: ``expand`` is the kxk ``conv_exp``, no ``depthwise``; with e = 1 it maps straight to the
-    output channels and there is no ``project``. Modules, parameter and MAC counts all derive from this.
-
-        >>> plan = plan_block(StageSpec.from_string("r1_k3_s1_e1_i24_o24_c1"), 0)
-        >>> plan.expand.kernel, plan.depthwise, plan.project, plan.use_residual
-        (3, None, None, True)
-    """
-
-    operator: str
-    in_channels: int
-    out_channels: int
-    stride: int
-    expand: ConvPlan | None
-    depthwise: ConvPlan | None
-    se: SEPlan | None
-    project: ConvPlan | None
-
-    @property
-    def use_residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out_channels
-
-    @property
-    def convs(self) -> tuple[ConvPlan, ...]:
-        return tuple(conv for conv in (self.expand, self.depthwise, self.project) if conv is not None)
-
-    @property
-    def params(self) -> int:
-        return sum(conv.params for conv in self.convs) + (self.se.params if self.se else 0)
-
-    def macs(self, size: int) -> tuple[int, int]:
-        """(multiply-adds, output size) on a ``size`` x ``size`` input."""
-        total = self.se.macs if self.se else 0
-        for conv in self.convs:
-            total += conv.macs(size)
-            size = conv.output_size(size)
-        return total, size
-
-
-def plan_block(stage: StageSpec, layer: int) -> BlockPlan:
-    """The plan of block ``layer`` (0-based) of ``stage``: only the first block strides and changes width."""
-    first = layer == 0
-    cin = stage.input_channels if first else stage.output_channels
-    cout, kernel, stride = stage.output_channels, stage.kernel, stage.stride if first else 1
-    fused = stage.operator == "fused_mbconv"
-    single = fused and stage.expansion == 1  # one kxk conv + BN + SiLU, no projection
-    mid = cout if single else cin * stage.expansion
-    # squeeze width from the *block input* channels (reference semantics)
-    se = SEPlan(mid, max(1, int(cin * stage.se_ratio))) if stage.se_ratio > 0 else None
-    project = None if single else ConvPlan(mid, cout, 1, activation=False)
-    if fused:
-        return BlockPlan(stage.operator, cin, cout, stride, ConvPlan(cin, mid, kernel, stride), None, se, project)
-    expand = ConvPlan(cin, mid, 1) if stage.expansion != 1 else None
-    return BlockPlan(stage.operator, cin, cout, stride, expand, ConvPlan(mid, mid, kernel, stride, groups=mid), se, project)
-
-
-def plan_stage(stage: StageSpec) -> tuple[BlockPlan, ...]:
-    """The plans of every block of ``stage``."""
-    return tuple(plan_block(stage, layer) for layer in range(stage.layers))
-
-
-def plan_stem(spec: NetworkSpec) -> ConvPlan:
-    return ConvPlan(3, spec.stem_channels, 3, 2)
-
-
-def plan_head(spec: NetworkSpec) -> ConvPlan:
-    return ConvPlan(spec.stages[-1].output_channels, spec.head_channels, 1)
 
 
 # ---- modules built from the plan -------------------------------------------------------------------
@@ -351,27 +229,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(spec: NetworkSpec, image_size: int) -> int:
-    """Multiply-adds of one forward pass at ``image_size`` x ``image_size``, from the spec alone.
-
-    Counts convolutions (SE included) and the classifier, as the reference code's figures do.
-
-        >>> from nas.zoo import get
-        >>> round(count_macs(get("efficientnet-b0"), 224) / 1e9, 2)
-        0.39
-    """
-
-    stem, head = plan_stem(spec), plan_head(spec)
-    macs, size = stem.macs(image_size), stem.output_size(image_size)
-    for stage in spec.stages:
-        for plan in plan_stage(stage):
-            block_macs, size = plan.macs(size)
-            macs += block_macs
-    return macs + head.macs(size) + spec.head_channels * spec.num_classes
-
-
 def count_macs_traced(model: nn.Module, image_size: int) -> int:
-    """MACs measured by forward hooks on a real pass (a cross-check of :func:`count_macs`)."""
+    """MACs measured by forward hooks on a real pass (a cross-check of :func:`nas.plan.count_macs`)."""
     total = 0
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -392,17 +251,3 @@ def count_macs_traced(model: nn.Module, image_size: int) -> int:
         handle.remove()
     return total
 
-
-def count_stage_params(stage: StageSpec) -> int:
-    """Parameters of one stage, from the spec alone (equals the built modules' count)."""
-    return sum(plan.params for plan in plan_stage(stage))
-
-
-def count_fixed_params(spec: NetworkSpec) -> int:
-    """Parameters outside the stages: stem, head conv and classifier (what a search over stages never changes)."""
-    return plan_stem(spec).params + plan_head(spec).params + spec.head_channels * spec.num_classes + spec.num_classes
-
-
-def count_spec_params(spec: NetworkSpec) -> int:
-    """Parameters of ``build(spec)`` without building it (fast enough to sweep a search space)."""
-    return count_fixed_params(spec) + sum(count_stage_params(s) for s in spec.stages)

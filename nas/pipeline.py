@@ -77,7 +77,7 @@ class DeviceData:
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         return ((batch.float() / 255.0 if batch.dtype == torch.uint8 else batch) - self.mean) / self.std
 
-    def train_batches(self, batch_size: int, image_size: int, generator: torch.Generator, crop_padding: int | None = None,
+    def train_batches(self, batch_size: int, image_size: int, generator: torch.Generator, *, crop_padding: int | None = None,
                       flip: bool = True, drop_last: bool = True,
                       augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """One epoch of shuffled, augmented, normalized float batches ``(B, 3, S, S)`` with labels ``(B,)``.

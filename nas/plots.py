@@ -1,11 +1,11 @@
-"""Plots of training runs (written after training, never inside the loop)."""
+"""Plots of training runs (written after training, never inside the loop, through :func:`nas.io.atomic_open`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from nas.io import atomic_open
 from nas.schedule import Stage
 
 
@@ -35,8 +35,9 @@ def plot_curves(history: list[dict[str, Any]], plan: list[Stage], path: Path) ->
     left.set_title("loss")
     right.set_title("validation accuracy")
     figure.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path, "wb") as handle:  # nas.io's one atomic writer: a reader never sees half a PNG
+            figure.savefig(handle, format="png", dpi=100)
+    finally:
+        plt.close(figure)
 

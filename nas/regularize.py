@@ -17,7 +17,7 @@ def randaugment(magnitude: float, ops: int):
 
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Generator,
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, *, generator: torch.Generator,
           device_generator: torch.Generator | None = None):
     """Batched mixup: (mixed x, y, y of the partner, lambda); lambda ~ Beta(alpha, alpha).
 

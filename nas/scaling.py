@@ -37,7 +37,7 @@ def round_repeats(layers: int, depth: float) -> int:
     return int(math.ceil(layers * depth))
 
 
-def scale(spec: NetworkSpec, width: float, depth: float, name: str | None = None) -> NetworkSpec:
+def scale(spec: NetworkSpec, width: float, depth: float, *, name: str | None = None) -> NetworkSpec:
     """Scale ``spec`` uniformly by ``width`` (channels) and ``depth`` (layers per stage).
 
     Image sizes and regularization are copied; use :func:`dataclasses.replace` to change them.

@@ -16,7 +16,7 @@ from typing import Any
 
 from nas.errors import InputError, check_ints, check_number
 from nas.scaling import MEMBERS
-from nas.train import OptimizerConfig
+from nas.step import OptimizerConfig
 
 MAX_MAGNITUDE = 30.0  # kornia's RandAugment takes 0 < m < 30; 0 here means "off"
 

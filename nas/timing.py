@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,11 @@ from pathlib import Path
 import torch
 
 from nas.errors import check_ints, check_number
+from nas.io import atomic_write_json
 from nas.lock import DeviceLock, device_id, file_lock, lock_path, trace_device_work
 from nas.spec import NetworkSpec
-from nas.step import TrainStep
-from nas.train import OptimizerConfig, TrainConfig, make_step
+from nas.step import OptimizerConfig, TrainStep
+from nas.train import TrainConfig, make_step
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,14 @@ def measure_step_time(spec: NetworkSpec, config: TimingConfig = TimingConfig(), 
             with hold.work():
                 step(x, y)
     with lock.exclusive():
-        samples = _timed_steps(step, x, y, config.steps, device)
+        samples = _timed_steps(step, x, y, steps=config.steps, device=device)
     median = statistics.median(samples)
     q = statistics.quantiles(samples, n=4)
     cv = statistics.pstdev(samples) / statistics.fmean(samples)
     return StepTime(median, q[2] - q[0], cv, tuple(samples), config.batch_size, size, step.describe())
 
 
-def _timed_steps(step: TrainStep, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> list[float]:
+def _timed_steps(step: TrainStep, x: torch.Tensor, y: torch.Tensor, *, steps: int, device: torch.device) -> list[float]:
     """One re-warm step (caches after the neighbours' work), then ``steps`` timed steps in ms; drained before returning."""
     step(x, y)
     if device.type == "cuda":
@@ -133,7 +133,7 @@ class ReferenceCache:
 
         >>> cache = ReferenceCache()
         >>> from nas.zoo import get
-        >>> "|warmup=" in cache.key(get("efficientnetv2-b0", 10), TimingConfig(), "cpu", TrainConfig())
+        >>> "|warmup=" in cache.key(get("efficientnetv2-b0", 10), TimingConfig(), "cpu", train=TrainConfig())
         True
     """
 
@@ -141,7 +141,7 @@ class ReferenceCache:
         self.path = Path(path) if path else None
         self.memory: dict[str, float] = {}
 
-    def key(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str,
+    def key(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, *,
             train: OptimizerConfig = TrainConfig()) -> str:
         device = torch.device(device)
         size = config.image_size or backbone.train_image_size
@@ -153,10 +153,10 @@ class ReferenceCache:
                  "compile": getattr(train, "compile", False)}
         return "|".join(f"{name}={value}" for name, value in parts.items())
 
-    def get(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, lock: DeviceLock | None = None,
+    def get(self, backbone: NetworkSpec, config: TimingConfig, device: torch.device | str, *, lock: DeviceLock | None = None,
             train: OptimizerConfig = TrainConfig()) -> float:
         """The reference step time in ms: from memory, else the file, else measured (once per file, under its lock)."""
-        key = self.key(backbone, config, device, train)
+        key = self.key(backbone, config, device, train=train)
         if key in self.memory:
             return self.memory[key]
         if self.path is None:
@@ -167,7 +167,7 @@ class ReferenceCache:
             stored = _read_json(self.path) if self.path.is_file() else {}
             if key not in stored:
                 stored[key] = measure_step_time(backbone, config, device, lock=lock, train=train).median_ms
-                _write_json_atomic(self.path, stored)
+                atomic_write_json(self.path, stored)
             self.memory[key] = float(stored[key])
         return self.memory[key]
 
@@ -178,9 +178,3 @@ def _read_json(path: Path) -> dict:
     except (OSError, json.JSONDecodeError):
         return {}
 
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ref.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)

@@ -30,42 +30,21 @@ from nas.errors import InputError, check_ints, check_number
 from nas.lock import DeviceLock, TrainerHold, trace_device_work
 from nas.model import build
 from nas.pipeline import DeviceData
+from nas.scores import ACCURACY_SCORES, check_score
 from nas.spec import NetworkSpec
-from nas.step import StepStats, TrainStep, autocast, make_optimizer, to_device_layout
+from nas.step import OptimizerConfig, TrainStep, autocast, to_device_layout
 
-__all__ = ["OPTIMIZERS", "EpochCallback", "NonFiniteLoss", "OptimizerConfig", "ProgressCallback", "StepStats", "TrainConfig", "TrainResult", "TrainStep",
-           "autocast", "evaluate", "make_optimizer", "make_step", "pick_device", "seed_everything", "train_proxy", "warmup_cosine"]
-
-OPTIMIZERS = ("adamw", "sgd")
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer, schedule and data-split settings shared by proxy and final training."""
-
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    validation_fraction: float = 0.2
-    seed: int = 0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer: {self.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
-        for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
-                                ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
-            check_number(name, getattr(self, name), low=low, high=high)
-        check_number("seed", self.seed, integer=True)
-        check_number("threads", self.threads, low=1, integer=True, optional=True)
-
+__all__ = ["EpochCallback", "NonFiniteLoss", "ProgressCallback", "TrainConfig", "TrainResult", "evaluate", "make_step",
+           "pick_device", "seed_everything", "train_proxy", "warmup_cosine"]
 
 @dataclass(frozen=True)
 class TrainConfig(OptimizerConfig):
-    """Proxy-training settings; defaults are the measured good setup on small data (FINDINGS.md)."""
+    """Proxy-training settings; defaults are the measured good setup on small data.
+
+    Measured on the bundled digits (efficientnetv2-b0 at 32 px): AdamW lr 2e-3, weight decay 0.05, batch 64, one
+    warm-up epoch then cosine, label smoothing 0.1, crop padding 2 reach 0.997 validation accuracy in 10 epochs
+    (>= 0.9 from epoch 2); SGD-Nesterov lr 0.1 reached 0.75.
+    """
 
     epochs: int = 10
     image_size: int = 32
@@ -79,8 +58,6 @@ class TrainConfig(OptimizerConfig):
     def __post_init__(self) -> None:
         check_ints(self, (("epochs", 1), ("image_size", 8), ("batch_size", 2), ("eval_batch_size", 1)))
         check_number("data_fraction", self.data_fraction, low=0.0, high=1.0, low_open=True)
-        from nas.scores import ACCURACY_SCORES, check_score
-
         check_score(self.score, ACCURACY_SCORES)
         super().__post_init__()
 
@@ -133,7 +110,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+def evaluate(model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
              work: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` over ``batches``; sums stay on the device, read once.
 
@@ -226,7 +203,7 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
     begin = time.perf_counter()
     try:
         with lock.trainer(device) as hold:
-            _train_epochs(spec, data, config, result, hold=hold, on_epoch=on_epoch,
+            _train_epochs(spec, data, config, result=result, hold=hold, on_epoch=on_epoch,
                           progress=Progress(on_progress, config.epochs, max(1, len(data.train_labels) // config.batch_size),
                                             progress_interval))
     except NonFiniteLoss as error:
@@ -240,7 +217,7 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
     return result
 
 
-def _train_epochs(spec: NetworkSpec, data: DeviceData, config: TrainConfig, result: TrainResult, *, hold: TrainerHold,
+def _train_epochs(spec: NetworkSpec, data: DeviceData, config: TrainConfig, *, result: TrainResult, hold: TrainerHold,
                   on_epoch: EpochCallback | None, progress: Progress) -> None:
     """The epoch loop of :func:`train_proxy`; fills ``result`` as epochs finish."""
     device = data.device

@@ -20,7 +20,10 @@ from typing import Any
 
 from nas.errors import InputError
 from nas.io import check_output_dir, read_json_mapping
+from nas.plan import count_activations
 from nas.spec import NetworkSpec, StageSpec
+from rewards import RewardError, get_reward
+from search_spaces import SearchSpace
 
 DEVICES = "cpu, cuda, cuda:N"
 CONNECT_TIMEOUT_S = 10
@@ -50,41 +53,17 @@ def check_device(value: str | None, option: str = "--device") -> str | None:
 
 
 # ---- memory ----------------------------------------------------------------------------------
-def _ceil_div(size: int, stride: int) -> int:
-    return -(-size // stride)
-
-
-def stage_activations(stage: StageSpec, size: int) -> tuple[int, int]:
-    """(elements per image a training step keeps for ``stage``'s conv outputs, output size); a lower bound."""
-    total = 0
-    for layer in range(stage.layers):
-        cin = stage.input_channels if layer == 0 else stage.output_channels
-        size_in, size = size, _ceil_div(size, stage.stride if layer == 0 else 1)
-        if stage.operator == "fused_mbconv" and stage.expansion == 1:
-            total += stage.output_channels * size * size  # one conv
-            continue
-        mid = cin * stage.expansion
-        expand = mid * size_in * size_in if stage.operator == "mbconv" and stage.expansion != 1 else 0
-        total += expand + (mid + stage.output_channels) * size * size
-    return total, size
-
-
 def activation_elements(spec: NetworkSpec, image_size: int, options: Sequence[Sequence[StageSpec]] | None = None) -> int:
     """Elements per image kept for backward by a training step of ``spec`` (input and every conv output).
 
     With ``options`` (each stage's alternatives, as in a search space), the largest over the alternatives.
+    Read from the model's own layer plan (:func:`nas.plan.count_activations`).
 
         >>> from nas.zoo import get
         >>> activation_elements(get("efficientnetv2-b0", 10), 32) > 32 * 32 * 3
         True
     """
-    size = _ceil_div(image_size, 2)
-    total = 3 * image_size * image_size + spec.stem_channels * size * size
-    for index, stage in enumerate(spec.stages):
-        counted = [stage_activations(option, size) for option in (options[index] if options else [stage])]
-        total += max(elements for elements, _ in counted)
-        size = counted[0][1]  # stride and channels are fixed per stage
-    return total + spec.head_channels * size * size
+    return count_activations(spec, image_size, stage_options=options)
 
 
 def available_memory(device: str | None) -> tuple[int, str] | None:
@@ -208,8 +187,6 @@ def check_resources(config: Any, nodes: list[dict[str, Any]]) -> None:
 
 def check_sweep(config: Any) -> None:
     """Everything ``nas search`` can check before it creates its run directory, study or Ray session."""
-    from search_spaces import SearchSpace
-
     runs = Path(config.runs_dir)
     check_output_dir(runs, "runs_dir")
     check_output_dir(config.run_dir, "name")
@@ -223,7 +200,7 @@ def check_sweep(config: Any) -> None:
         check_output_dir(config.ray_tmpdir, "ray_tmpdir")
     if not config.address:
         check_resources(config, _local_nodes())
-    if config.reward["name"] != "custom":  # a Python function (nas.search) is checked by runners.api
+    if config.reward["name"] != "custom":  # a Python function (runners.api.search) is checked there
         check_reward(config.reward["name"], {k: v for k, v in config.reward.items() if k != "name"})
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     options = [space.stage_options(n) for n in range(1, len(space.stages) + 1)]
@@ -254,8 +231,6 @@ def undo_new_run(config: Any) -> Iterator[None]:
 
 def check_reward(name: str, options: dict[str, Any]) -> None:
     """Reward options are checked when the reward is called: call it once on neutral inputs, before any work."""
-    from rewards import RewardError, get_reward
-
     try:
         get_reward(name, **options)(0.5, 1.0, 1.0)
     except RewardError as error:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nas.model import count_macs, count_spec_params
+from nas.plan import count_macs, count_spec_params
 from nas.spec import NetworkSpec
 from search_spaces.space import SearchSpace
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from nas.errors import InputError, check_number
 from nas.io import load_config_file, load_spec
-from nas.model import count_fixed_params, count_stage_params
+from nas.plan import count_fixed_params, count_stage_params
 from nas.spec import KERNELS, OPERATORS, NetworkSpec, StageSpec
 
 DEFAULT_BACKBONE = "efficientnetv2-b0"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from nas.data import load_dataset
 from nas.evaluate import evaluate_candidate
-from nas.model import count_spec_params
+from nas.plan import count_spec_params
 from nas.spec import NetworkSpec
 from nas.step import TrainStep
 from nas.timing import ReferenceCache, TimingConfig, measure_step_time, timing_step
@@ -69,7 +69,7 @@ def test_record_fields_and_normalization_against_another_backbone(tmp_path):
     cache = ReferenceCache(tmp_path / "reference.json")
     planted = 1234.5  # ms; no real 5-image step on this machine takes that long, so a measured value would differ
     train = TrainConfig(epochs=1, image_size=16, threads=2)
-    (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu", train): planted}))
+    (tmp_path / "reference.json").write_text(json.dumps({cache.key(backbone, timing, "cpu", train=train): planted}))
     record = evaluate_candidate(candidate, "digits", train, timing_config=timing,
                                 backbone=backbone, reference_cache=cache)
     for key in ("accuracy", "val_loss", "curve", "step_time_ms", "step_time_iqr_ms", "normalized_step_time", "params",

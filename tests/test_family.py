@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from nas.model import build, count_macs, count_params, count_spec_params
+from nas.model import build, count_params
+from nas.plan import count_macs, count_spec_params
 from nas.scaling import MEMBERS, family
 from nas.zoo import get
 from tests.conftest import assert_one_line_error, run_nas

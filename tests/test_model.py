@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from nas.model import build, count_macs, count_macs_traced, count_params
+from nas.model import build, count_macs_traced, count_params
+from nas.plan import count_macs
 from nas.scaling import round_filters, scale
 from nas.zoo import NAMES, get
 
@@ -104,7 +105,7 @@ def test_round_filters_guard():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_analytic_param_count_equals_built(name):
-    from nas.model import count_spec_params
+    from nas.plan import count_spec_params
 
     assert count_spec_params(get(name)) == OFFICIAL_PARAMS[name]
 
@@ -126,7 +127,7 @@ def test_named_nested_modules_like_timm():
 @pytest.mark.parametrize("name", NAMES)
 def test_block_plans_describe_the_built_convolutions(name):
     """Every conv the plan lists is built with exactly those shapes, in forward order (SE convs aside)."""
-    from nas.model import plan_stage
+    from nas.plan import plan_stage
 
     spec = get(name)
     model = build(spec)

@@ -59,7 +59,7 @@ def test_weights_carry_over_between_stages(tmp_path):
 
     config = ProgressiveConfig(epochs=2, stages=2, min_image_size=16, max_image_size=24, batch_size=64, min_randaugment=3,
                                max_randaugment=6, max_mixup=0.2, threads=2)
-    summary = train_progressive(get("efficientnetv2-b0", 10), load_dataset("digits"), config, tmp_path, log=lambda m: None,
+    summary = train_progressive(get("efficientnetv2-b0", 10), load_dataset("digits"), config, out_dir=tmp_path, log=lambda m: None,
                                 on_epoch_end=keep)
     assert states[1][1] == 0 and states[2][1] == 1
     assert states[2][2].p == pytest.approx(0.2) and states[1][2].p == pytest.approx(0.1)  # dropout changes per stage
@@ -168,7 +168,7 @@ def test_stage_change_reestimates_batchnorm_and_times_cpu(tmp_path):
     config = ProgressiveConfig(epochs=2, stages=2, min_image_size=16, max_image_size=24, batch_size=64, threads=2,
                                batchnorm_batches=3)
     tiny = NetworkSpec.from_block_strings("tiny", 8, ["r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e2_i8_o16_c1"], head_channels=32)
-    summary = train_progressive(tiny, load_dataset("digits"), config, tmp_path, log=lambda m: None, on_epoch_end=keep)
+    summary = train_progressive(tiny, load_dataset("digits"), config, out_dir=tmp_path, log=lambda m: None, on_epoch_end=keep)
     steps = calls[0][2]  # a fresh model's BN counts epoch 1's training steps
     assert steps > 3 and calls[0][1] == 16 and calls[1][1] == 24
     # at the size change the statistics are reset and re-estimated from 3 batches, then epoch 2 trains
@@ -200,7 +200,7 @@ def test_mixup_permutation_is_drawn_on_the_device_generator():
     from nas.regularize import mixup
 
     x, y = torch.arange(8.0).view(8, 1), torch.arange(8)
-    mixed, y_a, y_b, lam = mixup(x, y, 0.4, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    mixed, y_a, y_b, lam = mixup(x, y, 0.4, generator=torch.Generator().manual_seed(0), device_generator=torch.Generator().manual_seed(1))
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))  # the device generator's draw
     assert torch.equal(y_b, y[perm]) and torch.equal(y_a, y)
     torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[perm])

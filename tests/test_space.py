@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nas.errors import InputError
-from nas.model import build, count_spec_params
+from nas.model import build
+from nas.plan import count_spec_params
 from search_spaces import SAMPLERS, SearchSpace, StageChoices, make_sampler
 from tests.conftest import assert_one_line_error, run_nas
 
@@ -89,7 +90,7 @@ SCRIPT = """
 import json, sys, optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 from search_spaces import SearchSpace, make_sampler
-from nas.model import count_spec_params
+from nas.plan import count_spec_params
 space = SearchSpace.default()
 study = optuna.create_study(sampler=make_sampler(sys.argv[1], seed=7), direction="maximize")
 keys = []

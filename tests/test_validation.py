@@ -9,8 +9,9 @@ from nas.errors import InputError, check_number
 from nas.scaling import scale
 from nas.schedule import ProgressiveConfig
 from nas.spec import SpecError, StageSpec
+from nas.step import OptimizerConfig
 from nas.timing import TimingConfig
-from nas.train import OptimizerConfig, TrainConfig
+from nas.train import TrainConfig
 from nas.zoo import get
 from rewards import RewardError, get_reward, paper
 from runners.config import SweepConfig

@@ -77,7 +77,7 @@ def stage_table(spec: Any) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from nas.io import load_spec
-    from nas.model import count_macs, count_spec_params
+    from nas.plan import count_macs, count_spec_params
 
     spec = load_spec(args.spec, args.num_classes)
     searched = _searched_sizes(args.spec)
@@ -123,7 +123,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if not args.output:
         raise InputError("-o: missing, allowed -o OUT.json")
     from nas.io import check_output_file
-    from nas.model import count_macs, count_spec_params
+    from nas.plan import count_macs, count_spec_params
     from nas.scaling import scale
 
     check_output_file(args.output, "-o", args.force)
@@ -139,7 +139,7 @@ def _scale_family(spec: Any, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from nas.io import atomic_write_json, check_output_dir, safe_name
-    from nas.model import count_macs, count_spec_params
+    from nas.plan import count_macs, count_spec_params
     from nas.scaling import MEMBERS, family
 
     members = tuple(m.strip() for m in args.members.split(",") if m.strip())

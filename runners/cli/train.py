@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(header.pop(), file=sys.stderr, flush=True)
         print(message, file=sys.stderr, flush=True)
 
-    summary = train_progressive(spec, data, config, out, device=args.device, log=log,
+    summary = train_progressive(spec, data, config, out_dir=out, device=args.device, log=log,
                                 lock=DeviceLock.for_device(pick_device(args.device)),  # a sweep's timer on this device stays honest
                                 on_progress=_print_progress)
     plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")
