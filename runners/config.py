@@ -17,8 +17,9 @@ from nas.errors import InputError, check_ints, check_number
 from nas.io import load_config_file
 from nas.timing import TimingConfig
 from nas.train import TrainConfig
-from rewards import DEFAULT_OPTIONS, REWARD_OPTIONS, RewardError, get_reward
+from rewards import DEFAULT_OPTIONS, REWARD_OPTIONS
 from runners.credentials import mask_url, remember_secret
+from runners.preflight import check_reward
 from search_spaces import SAMPLERS
 
 OBJECTIVES = ("reward", "multi")
@@ -116,10 +117,7 @@ class SweepConfig:
             if set(self.reward) != {"name", "function"} or not isinstance(self.reward["function"], str):
                 raise InputError("reward: custom takes only 'function' (the function's module.name), allowed {name: custom, function: NAME}")
         else:
-            try:
-                get_reward(self.reward["name"], **{k: v for k, v in self.reward.items() if k != "name"})
-            except RewardError as error:
-                raise InputError(str(error)) from None
+            self.reward_function()
         if self.storage is not None:
             check_storage_url(self.storage)
             remember_secret(self.storage)
@@ -138,7 +136,7 @@ class SweepConfig:
         if self.reward["name"] == CUSTOM_REWARD:
             raise InputError(f"reward: this sweep's reward is the Python function {self.reward['function']}; "
                              "run it through the Python API, allowed runners.api.search(..., reward=FUNCTION)")
-        return get_reward(self.reward["name"], **{k: v for k, v in self.reward.items() if k != "name"})
+        return check_reward(self.reward["name"], {k: v for k, v in self.reward.items() if k != "name"})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as stored and shown (``config.json``, study attributes): the storage password masked."""

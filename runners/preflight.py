@@ -14,7 +14,7 @@ import re
 import shutil
 import socket
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +200,6 @@ def check_sweep(config: Any) -> None:
         check_output_dir(config.ray_tmpdir, "ray_tmpdir")
     if not config.address:
         check_resources(config, _local_nodes())
-    if config.reward["name"] != "custom":  # a Python function (runners.api.search) is checked there
-        check_reward(config.reward["name"], {k: v for k, v in config.reward.items() if k != "name"})
     space = SearchSpace.from_config(config.space or {}, backbone=config.backbone)
     options = [space.stage_options(n) for n in range(1, len(space.stages) + 1)]
     device = "cuda" if config.gpus_per_trial > 0 else "cpu"
@@ -229,9 +227,13 @@ def undo_new_run(config: Any) -> Iterator[None]:
         raise
 
 
-def check_reward(name: str, options: dict[str, Any]) -> None:
-    """Reward options are checked when the reward is called: call it once on neutral inputs, before any work."""
+def check_reward(name: str, options: dict[str, Any]) -> Callable[[float, float, float], float]:
+    """The reward ``name`` with ``options``, checked: the project's one place that turns a reward's name and options into
+    a function. Options are checked when the reward is called too, so it is called once on neutral inputs, before any work.
+    """
     try:
-        get_reward(name, **options)(0.5, 1.0, 1.0)
+        function = get_reward(name, **options)
+        function(0.5, 1.0, 1.0)
     except RewardError as error:
         raise InputError(str(error)) from None
+    return function

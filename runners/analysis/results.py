@@ -13,10 +13,11 @@ import optuna
 import nas
 from nas.errors import InputError
 from nas.io import atomic_write_json
-from nas.record import PROVENANCE, RESCORED, REWARD, record_of
+from nas.record import DIRECTIONS, PROVENANCE, RESCORED, REWARD, record_of
 from nas.scores import ACCURACY_SCORES, SCORES, check_score, proxy_scores
-from rewards import RewardError, get_reward, pareto_front
+from rewards import pareto_front
 from runners.credentials import mask_url
+from runners.preflight import check_reward
 from runners.study import Run, best_scored, scored_trials, trial_spec
 from runners.yardstick import against_backbone, compare
 
@@ -29,10 +30,7 @@ def rescore(run: Run, name: str = "paper", score: str = "accuracy", **options: A
     Returns one row per trial, best first: number, old/new reward, the score, old/new rank, spec key.
     """
     check_score(score, SCORES)
-    try:
-        reward = get_reward(name, **options)
-    except RewardError as error:
-        raise InputError(str(error)) from None
+    reward = check_reward(name, options)
     trials = scored_trials(run.study)
     # ties broken by trial number, so equal rewards keep a stable order
     old_order = sorted(trials, key=lambda t: (-record_of(t).reward, t.number))
@@ -53,18 +51,14 @@ def rescore(run: Run, name: str = "paper", score: str = "accuracy", **options: A
 
 def rescore_yardstick(run: Run, name: str = "paper", **options: Any) -> dict[str, Any]:
     """The backbone against the best trials under the re-scoring reward (see :func:`runners.yardstick.compare`)."""
-    try:
-        reward = get_reward(name, **options)
-    except RewardError as error:
-        raise InputError(str(error)) from None
+    reward = check_reward(name, options)
     return compare(run.study, reward)
 
 
 def pareto_trials(run: Run) -> list[optuna.trial.FrozenTrial]:
     """Finished trials on the Pareto front of (max accuracy, min step time, min params)."""
     trials = scored_trials(run.study)
-    points = [(record_of(t).accuracy, record_of(t).normalized_step_time, record_of(t).normalized_params) for t in trials]
-    return [trials[i] for i in pareto_front(points, ["maximize", "minimize", "minimize"])]
+    return [trials[i] for i in pareto_front([record_of(t).asp for t in trials], list(DIRECTIONS))]
 
 
 def best_trial(run: Run) -> optuna.trial.FrozenTrial:

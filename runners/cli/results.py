@@ -25,10 +25,17 @@ from runners.cli.common import (
 CONSTRAINED = {"target": 1.0, "alpha": 0.0, "beta": -1.0}  # rewards.constrained's keyword defaults
 
 
+def run_options(p: argparse.ArgumentParser, *, json: bool = True) -> None:
+    """What every command on a run directory takes: the directory, its storage, and ``--json``."""
+    p.add_argument("run_dir", help=RUN_DIR_HELP)
+    p.add_argument("--storage", help=STORAGE_HELP)
+    if json:
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
 def add_parsers(sub: Any) -> None:
     """rescore, export, dashboard, report, fidelity, calibrate"""
     p = sub.add_parser("rescore", help="re-rank a finished sweep under another reward, without training")
-    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--reward", default="paper", help="paper (default), constrained, accuracy")
     p.add_argument("--w", type=finite_float, help=f"paper: step-time exponent (default {DEFAULT_W})")
     p.add_argument("--v", type=finite_float, help=f"paper: params exponent (default {DEFAULT_V})")
@@ -38,33 +45,27 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--top", type=positive_int, default=10, help="rows to print (default 10)")
     p.add_argument("--score", default="accuracy", help="proxy score from each trial's curve: accuracy (final, default), "
                    "best_accuracy (A in the reward), val_loss, sotl, sotl_last (rank by the score itself)")
-    p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    run_options(p)
     p.set_defaults(func=cmd_rescore)
 
     p = sub.add_parser("export", help="write the spec JSON of a trial with provenance")
-    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--trial", default="best", help="best (default), pareto (writes a directory), or a trial number")
     p.add_argument("-o", "--output", help="arch.json (with --trial pareto: a directory, written DIR/ with a trailing slash)")
     p.add_argument("--out-dir", help="with --trial pareto: the directory for trial-N.json files (instead of -o DIR/)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    run_options(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("dashboard", help="serve the sweep in optuna-dashboard with NAS notes")
-    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port, default=8080, help="TCP port (default 8080)")
-    p.add_argument("--storage", help=STORAGE_HELP)
+    run_options(p, json=False)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
-    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("-o", "--output", help="report.html (default RUN_DIR/report.html, refreshed each time)")
     p.add_argument("--force", action="store_true", help="overwrite an existing -o file")
-    p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    run_options(p)
     p.set_defaults(func=cmd_report)
 
     add_audit_parsers(sub)
@@ -73,19 +74,16 @@ def add_parsers(sub: Any) -> None:
 def add_audit_parsers(sub: Any) -> None:
     """fidelity, calibrate: retraining stored trials to judge the proxy."""
     p = sub.add_parser("fidelity", help="retrain K finished trials longer: does the proxy rank them like a long schedule?")
-    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--trials", type=positive_int, default=8, help="trials to retrain, incl. the best and the backbone (default 8)")
     p.add_argument("--epochs", type=positive_int, help="long-schedule epochs (default 4x the sweep's)")
     p.add_argument("--image-size", type=positive_int, help="long-schedule image size (default the sweep's)")
     p.add_argument("--data-fraction", type=finite_float, default=1.0, help="share of the training split used (default 1)")
     p.add_argument("--concurrent", type=positive_int, help="retrainings at a time (default the sweep's)")
     p.add_argument("--no-ceiling", action="store_true", help="train the long schedule once (no second seed: no noise ceiling)")
-    p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    run_options(p)
     p.set_defaults(func=cmd_fidelity)
 
     p = sub.add_parser("calibrate", help="proxy settings grid vs the long schedule twice: the cheapest proxy near the seed ceiling")
-    p.add_argument("run_dir", help=RUN_DIR_HELP)
     p.add_argument("--trials", type=positive_int, default=12, help="architectures, incl. the backbone (default 12)")
     p.add_argument("--epochs", type=number_list(int), default=[1, 2], help="proxy epochs to try (default 1,2)")
     p.add_argument("--image-sizes", type=number_list(int), default=[16, 32], help="proxy image sizes to try (default 16,32)")
@@ -95,8 +93,7 @@ def add_audit_parsers(sub: Any) -> None:
     p.add_argument("--long-data-fraction", type=finite_float, default=1.0, help="long-schedule data fraction (default 1)")
     p.add_argument("--target", type=finite_float, default=0.8, help="fraction of the seed ceiling to reach (default 0.8)")
     p.add_argument("--concurrent", type=positive_int, help="trainings at a time (default the sweep's)")
-    p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    run_options(p)
     p.set_defaults(func=cmd_calibrate)
 
 
