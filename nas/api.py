@@ -5,8 +5,8 @@
     >>> model(torch.zeros(2, 1, 32, 32)).shape
     torch.Size([2, 10])
 
-``nas.search`` (a sweep on your tensors or ``Dataset`` with your reward function) lives in
-:mod:`runners.api`, since a sweep needs the driver; ``nas`` re-exports it on first use.
+A sweep on your tensors or ``Dataset`` with your reward function is ``runners.api.search``: it needs the
+driver, and this core package imports nothing above it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 The study records what ran: ``data`` names the user data (counts, shape, classes, a content hash)
 and ``reward`` is ``{"name": "custom", "function": "module.qualname"}`` for a function. ``nas
 report``, ``export``, ``dashboard`` and ``rescore`` work on the run directory as for a CLI sweep;
-resuming a custom-reward sweep goes through ``nas.search`` again (the CLI cannot call the function).
+resuming a custom-reward sweep goes through ``search`` again (the CLI cannot call the function).
 """
 
 from __future__ import annotations
