@@ -60,9 +60,11 @@ def test_resume_after_sigkill(tmp_path, small_space):
     args = [sys.executable, "-m", "runners.cli", "search", "--name", "resume", "--runs-dir", str(tmp_path), "--trials", "5",
             "--concurrent", "1", "--sampler", "random", "--quiet", "--config", str(cfg), *small_space, *FAST]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "first-driver.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     db = tmp_path / "resume" / "study.db"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # the backbone and two trials: about a minute on an idle 2-core machine
     before = {}
     try:
         while time.monotonic() < deadline:
@@ -77,7 +79,7 @@ def test_resume_after_sigkill(tmp_path, small_space):
                 if len(done) >= 2 and running:
                     before = {t.number: t.user_attrs["finished_at"] for t in done}
                     break
-        assert before, "the sweep did not reach 2 finished trials in time"
+        assert before, f"the sweep did not reach 2 finished trials in time (exit {proc.poll()}): {log.read_text()[-2000:]}"
         os.kill(proc.pid, signal.SIGKILL)  # the driver only
         proc.wait()
     finally:
