@@ -107,11 +107,10 @@ class TrialRecord:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> TrialRecord:
         """The record stored as ``attrs`` (a trial's user attributes; old sweeps' records included)."""
-        known = {f.name for f in fields(cls)} - {"extra"}
-        values = {k: v for k, v in attrs.items() if k in known}
+        values = {k: v for k, v in attrs.items() if k in FIELDS}
         if values.get("status") not in STATUSES:
             values.pop("status", None)
-        return cls(**values, extra={k: v for k, v in attrs.items() if k not in known})
+        return cls(**values, extra={k: v for k, v in attrs.items() if k not in FIELDS})
 
     def to_attrs(self) -> dict[str, Any]:
         """The fields that are set, JSON-normalized, as user attributes (the traceback stays out)."""
@@ -157,10 +156,12 @@ class TrialRecord:
         return {k: v for k, v in self.to_attrs().items() if k not in NOT_COPIED}
 
 
+FIELDS = frozenset(f.name for f in fields(TrialRecord)) - {"extra"}  # the stored names
+
+
 def record_of(trial: Any) -> TrialRecord:
     """The record of an Optuna trial (anything with ``user_attrs``)."""
     return TrialRecord.from_attrs(trial.user_attrs)
-
 
 
 def attrs(**values: Any) -> dict[str, Any]:
@@ -169,8 +170,7 @@ def attrs(**values: Any) -> dict[str, Any]:
         >>> attrs(role=BACKBONE_ROLE)
         {'role': 'backbone'}
     """
-    known = {f.name for f in fields(TrialRecord)} - {"extra"}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - FIELDS)
     if unknown:
         raise TypeError(f"not fields of TrialRecord: {', '.join(unknown)}")
     return json.loads(json.dumps(values, default=str))

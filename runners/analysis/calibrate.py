@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nas.errors import InputError
+from nas.errors import InputError, check_number
 from nas.io import atomic_write_json, atomic_write_text
 from nas.record import TrialRecord, record_of
 from nas.scores import ACCURACY_SCORES, SCORES, proxy_scores
@@ -65,8 +65,7 @@ class CalibrationConfig:
                 raise InputError(f"{name}: {values!r} is not allowed, allowed a non-empty list of integers >= {low}")
         if not self.data_fractions or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in self.data_fractions):
             raise InputError(f"data_fractions: {self.data_fractions!r} is not allowed, allowed a non-empty list of numbers in (0, 1]")
-        if not isinstance(self.target, (int, float)) or not 0 < self.target <= 1:
-            raise InputError(f"target: {self.target!r} is not allowed, allowed a number in (0, 1]")
+        check_number("target", self.target, low=0, high=1, low_open=True)
         FidelityConfig(trials=self.trials, epochs=self.long_epochs, image_size=self.long_image_size,
                        data_fraction=self.long_data_fraction, concurrent=self.concurrent)  # validates the long schedule
 

@@ -137,7 +137,8 @@ class Driver:
             self.heartbeat.remove(trial_id)
             self.progress.log(f"warning: trial {trial.number} was recovered by another driver before its claim; left to its retry")
             return False
-        flight = InFlight(trial, trial_id, spec, time.monotonic(), record_of(trial).attempt or 0)
+        asked = record_of(trial)
+        flight = InFlight(trial, trial_id, spec, time.monotonic(), asked.attempt or 0, asked.role)
         self.mine[trial.number] = flight
         self.ledger.refresh()  # sees other drivers' claims made meanwhile
         ahead = [s for s in self.ledger.running() if s.number < trial.number]
@@ -177,7 +178,7 @@ class Driver:
         return False
 
     def is_backbone(self, flight: InFlight) -> bool:
-        return record_of(flight.trial).role == BACKBONE_ROLE
+        return flight.role == BACKBONE_ROLE
 
     def settle_waiters(self) -> bool:
         changed = False
@@ -245,7 +246,7 @@ class Driver:
         self.new_done += count
         reward = record.reward if state == TrialState.COMPLETE else None
         self.ledger.absorb(Seen(number, state, record.spec_key or flight.spec.key(), record.failure_reason, flight.attempt,
-                                record_of(flight.trial).role, reward))
+                                flight.role, reward))
 
     def store(self, flight: InFlight, record: TrialRecord, state: TrialState) -> None:
         """The record as the trial's user attributes, the curve as intermediate values, then the tell."""

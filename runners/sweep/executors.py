@@ -105,5 +105,6 @@ class InFlight:
     spec: NetworkSpec
     started: float
     attempt: int = 0
+    role: str | None = None  # the backbone's, read once from the trial's record at ask
     handle: Any = None
     winner: int | None = None
