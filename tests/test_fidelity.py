@@ -167,7 +167,8 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     numbers = [row["trial"] for row in audit["trials"]]
     assert len(numbers) == 3 and 0 in numbers and best_scored(run.study).number in numbers
     for number in numbers:  # a start line for each retraining, both seeds, before its result line
-        assert f"started trial {number}: 2 epochs" in fid.err and f"started trial {number} (second seed): 2 epochs" in fid.err
+        assert f"fidelity: trial {number} started: 2 epochs" in fid.err
+        assert f"fidelity: trial {number} (second seed) started: 2 epochs" in fid.err
     run = open_run(tmp_path / "fid")
     stored = {int(k[len(PREFIX):]): v for k, v in run.study.user_attrs.items() if k.startswith(PREFIX)}
     assert sorted(stored) == sorted(numbers)

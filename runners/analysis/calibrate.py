@@ -103,7 +103,7 @@ def train_grid(run: Run, config: CalibrationConfig, numbers: list[int], log: Any
             trial = trials[number]
             seed = record_of(trial).seed
             train = replace(run.config.train, threads=threads, seed=run.config.train.seed if seed is None else seed, **setting)
-            jobs.append(Job((number, setting), record_of(trial).spec, asdict(train), setting["data_fraction"], label=f"trial {number}"))
+            jobs.append(Job((number, setting), record_of(trial).spec, asdict(train), setting["data_fraction"], label=f"calibrate: trial {number}"))
     log(f"calibrate: {len(config.grid())} proxy settings x {len(numbers)} trials, {len(jobs)} trainings to go")
 
     def done(job: Job, record: TrialRecord) -> None:

@@ -158,9 +158,15 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, refresh_secon
                 print(f"dashboard: annotation skipped: {error}", file=sys.stderr)
 
     threading.Thread(target=refresh, daemon=True).start()
+    # the server runs beside the main thread: Ctrl-C or SIGTERM raised in the main thread while the server was inside a
+    # request was swallowed there (wsgiref logs every exception of a handler and serves on), so the process never ended
+    server = threading.Thread(target=run_server, args=(run.storage,), daemon=True,
+                              kwargs=dict(host=host, port=port, artifact_store=artifact_store(run.path)))
+    server.start()
     print(f"optuna-dashboard for {run.config.name}: http://{host}:{port}/dashboard  (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        run_server(run.storage, host=host, port=port, artifact_store=artifact_store(run.path))
+        while server.is_alive():
+            server.join(0.5)
     finally:
         stop.set()
 

@@ -200,7 +200,7 @@ class Job:
     spec: dict[str, Any]
     train: dict[str, Any]
     data_fraction: float
-    label: str = ""  # for the start line: which trial, which schedule
+    label: str = ""  # the start line's head, prefixed like the command's other progress lines ("fidelity: trial 3")
 
 
 def run_jobs(run: Run, jobs: list[Job], concurrent: int, done: Any, log: Any) -> None:
@@ -215,7 +215,7 @@ def run_jobs(run: Run, jobs: list[Job], concurrent: int, done: Any, log: Any) ->
         while queue or in_flight:
             while queue and len(in_flight) < concurrent:
                 job = queue.pop(0)
-                log(f"  started {job.label or job.key}: {job.train['epochs']} epochs at {job.train['image_size']} px, "
+                log(f"{job.label or job.key} started: {job.train['epochs']} epochs at {job.train['image_size']} px, "
                     f"{job.data_fraction:g} of the data")
                 in_flight[remote.remote(job.spec, dataset_ref, job.train, job.data_fraction, run.config.gpus_per_trial > 0)] = job
             ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -243,7 +243,7 @@ def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[
     train = replace(run.config.train, epochs=config.epochs, image_size=config.image_size, threads=threads,
                     data_fraction=float(config.data_fraction))
     jobs = [Job((prefix, trial), record_of(trial).spec, asdict(replace(train, seed=_seed(trial, train) + offset)), config.data_fraction,
-                label=f"trial {trial.number}{' (second seed)' if prefix == REPLICA_PREFIX else ''}")
+                label=f"fidelity: trial {trial.number}{' (second seed)' if prefix == REPLICA_PREFIX else ''}")
             for prefix, done, offset in stores for trial in picked if done.get(trial.number, {}).get("schedule") != config.schedule()]
     log(f"fidelity: {len(picked)} trials picked{' (long schedule twice: the seed ceiling)' if config.ceiling else ''}, "
         f"{len(picked) * len(stores) - len(jobs)} retrainings already done with this schedule, {len(jobs)} to go")
