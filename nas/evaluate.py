@@ -12,15 +12,18 @@ from, so a finished sweep can be re-scored without training.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 
+from nas.cores import hold_cores
 from nas.data import Dataset, load_dataset
 from nas.lock import DeviceLock, device_id
 from nas.pipeline import DeviceData
@@ -101,24 +104,53 @@ def evaluate_candidate(
     backbone = (backbone or spec).with_classes(num_classes)
     # one lock per physical device (GPU UUID, or the host's CPU), shared by every user of the host
     device_lock = DeviceLock.for_device(torch_device, enabled=lock)
-    result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, lock=device_lock, on_progress=on_progress)
-    record = dict(
+    timing_size = timing_config.image_size or backbone.train_image_size
+    timing_config = replace(timing_config, image_size=timing_size)  # candidate and reference at the same size
+    with trainer_cores(torch_device, on_progress=on_progress, enabled=lock) as core_wait:
+        result = train_proxy(spec, dev_data, train_config, on_epoch=on_epoch, lock=device_lock, on_progress=on_progress)
+        record = _trained(result, train_config)
+        record.update(_sizes(spec, backbone, timing_size, train_config.image_size))
+        if result.failure is None:
+            record.update(_timed(spec, backbone, timing_config, train_config, device=torch_device, lock=device_lock,
+                                 cache=reference_cache or ReferenceCache()))
+    record.update(spec=spec.to_dict(), spec_key=spec.key(), data=data_name, num_classes=num_classes, train_config=asdict(train_config),
+                  timing_config=asdict(timing_config), backbone=backbone.name, seed=train_config.seed, **_where(torch_device),
+                  core_wait_seconds=core_wait, wall_seconds=time.perf_counter() - begin,
+                  finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    return TrialRecord(**record)
+
+
+@contextlib.contextmanager
+def trainer_cores(device: torch.device, *, on_progress: ProgressCallback | None = None, enabled: bool = True) -> Iterator[float]:
+    """A CPU trainer's share of the host's cores (:func:`nas.cores.hold_cores`, a slot per torch thread); yields seconds waited.
+
+    GPU trainers take none (Ray and the device lock share a GPU). ``on_progress`` hears
+    ``{"cores": "waiting", ...}`` while other trainings hold every slot and ``{"cores": "taken", ...}`` once held.
+    ``enabled=False`` takes none (only to measure what the slots prevent).
+    """
+    if device.type != "cpu" or not enabled:
+        yield 0.0
+        return
+
+    def waiting(pool: int) -> None:
+        if on_progress is not None:
+            on_progress({"cores": "waiting", "pool": pool, "threads": torch.get_num_threads()})
+
+    with hold_cores(torch.get_num_threads(), on_wait=waiting) as waited:
+        if waited and on_progress is not None:
+            on_progress({"cores": "taken", "waited": waited})
+        yield waited
+
+
+def _trained(result: Any, train_config: TrainConfig) -> dict[str, Any]:
+    """The training half of a record."""
+    return dict(
         status=FAILED if result.failure else (PRUNED if result.stopped_early else OK),
         failure_reason=result.failure,
         accuracy=_score_as_accuracy(result.accuracy, result.curve, train_config),  # A in the reward: train.score
         final_accuracy=result.accuracy, val_loss=result.val_loss, curve=result.curve, epochs_run=result.epochs_run,
         train_seconds=result.seconds, trained_step=result.step,
     )
-    timing_size = timing_config.image_size or backbone.train_image_size
-    timing_config = replace(timing_config, image_size=timing_size)  # candidate and reference at the same size
-    record.update(_sizes(spec, backbone, timing_size, train_config.image_size))
-    if result.failure is None:
-        record.update(_timed(spec, backbone, timing_config, train_config, device=torch_device, lock=device_lock,
-                             cache=reference_cache or ReferenceCache()))
-    record.update(spec=spec.to_dict(), spec_key=spec.key(), data=data_name, num_classes=num_classes, train_config=asdict(train_config),
-                  timing_config=asdict(timing_config), backbone=backbone.name, seed=train_config.seed, **_where(torch_device),
-                  wall_seconds=time.perf_counter() - begin, finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-    return TrialRecord(**record)
 
 
 def _sizes(spec: NetworkSpec, backbone: NetworkSpec, timing_size: int, proxy_size: int) -> dict[str, Any]:

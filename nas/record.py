@@ -87,6 +87,7 @@ class TrialRecord:
     ray_node_id: str | None = None
     peak_memory_mb: float | None = None
     seed: int | None = None
+    core_wait_seconds: float | None = None  # waited for a core slot other trainings on the host held
     wall_seconds: float | None = None
     finished_at: str | None = None
     traceback: str | None = None  # a worker's exception (shown once, not stored)

@@ -31,7 +31,7 @@ from scipy import stats
 
 from nas.data import load_dataset
 from nas.errors import InputError
-from nas.evaluate import train_subset_size
+from nas.evaluate import train_subset_size, trainer_cores
 from nas.pipeline import DeviceData
 from nas.record import OK, TrialRecord, record_of
 from nas.scores import SCORES, proxy_scores
@@ -183,7 +183,8 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
         keep = train_subset_size(len(images), data_fraction, config.batch_size)
         device = pick_device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         data = DeviceData(images[:keep], labels[:keep], val_images, val_labels, device=device)
-        result = train_proxy(NetworkSpec.from_dict(spec_json), data, config)
+        with trainer_cores(device):  # beside a sweep on this host: its trials and ours share the cores
+            result = train_proxy(NetworkSpec.from_dict(spec_json), data, config)
     except Exception as error:  # stored as a failed record; the audit goes on
         return TrialRecord(failure_reason=f"{type(error).__name__}: {error}")
     if result.failure:

@@ -200,6 +200,8 @@ class Driver:
             self.executor.decide(number, epoch, flight.trial.should_prune() and not self.is_backbone(flight))
         for number, info in self.executor.progress_reports():
             if number in self.mine:
+                if info.get("cores") == "taken":  # trial_timeout counts from when the trial has its cores
+                    self.mine[number].started = time.monotonic()
                 self.progress.trial_progress(number, info)
         return False
 

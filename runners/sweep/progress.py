@@ -101,6 +101,13 @@ class Progress:
     def trial_progress(self, number: int, info: dict[str, Any]) -> None:
         """In-trial progress (epoch, step, images/s), at most one line per trial every ``IN_TRIAL_SECONDS``."""
         now = time.monotonic()
+        if info.get("cores") == "waiting":  # always said: it explains a trial that does not move
+            self.say(f"{self.labels.get(number, f'trial {number}')}: waiting for a core: other trainings on its host hold all "
+                     f"{info['pool']} core slots (see NAS_HOST_CORES in the README)")
+            return
+        if info.get("cores") == "taken":
+            self.say(f"{self.labels.get(number, f'trial {number}')}: got its core after {info['waited']:.0f} s; training")
+            return
         if now - self.last_line.get(number, 0.0) < IN_TRIAL_SECONDS:
             return
         self.last_line[number] = now

@@ -76,13 +76,17 @@ class PruneBoard:
         self.reports: list[tuple[int, int, float]] = []
         self.decisions: dict[tuple[int, int], bool] = {}
         self.progress: dict[int, dict[str, Any]] = {}  # the latest progress of each trial
+        self.events: list[tuple[int, dict[str, Any]]] = []  # core waits: every one is told (the driver's timeout uses them)
 
     def post(self, number: int, info: dict[str, Any]) -> None:
-        self.progress[number] = info
+        if "cores" in info:
+            self.events.append((number, info))
+        else:
+            self.progress[number] = info
 
     def take_progress(self) -> list[tuple[int, dict[str, Any]]]:
-        progress, self.progress = self.progress, {}
-        return sorted(progress.items())
+        events, progress, self.events, self.progress = self.events, self.progress, [], {}
+        return events + sorted(progress.items())
 
     def report(self, number: int, epoch: int, value: float) -> None:
         self.reports.append((number, epoch, value))

@@ -1,0 +1,103 @@
+"""Two sweeps on one host (issue 22): per-trial time against one sweep alone, with the host's core slots and without.
+
+Every sweep is a real ``nas search`` (its own Ray instance, which believes it owns every core; the
+default layout: one thread per trial, as many trials as cores) on digits. Runs, in order:
+
+1. one sweep alone (the baseline);
+2. two sweeps started at once, sharing the host's core slots (``nas/cores.py``, the default);
+3. the same two sweeps with a pool as large as their trainings (``NAS_HOST_CORES``): what happens without sharing;
+4. a sweep of one trial at a time (the backbone, then one trial) alone, then beside an unrelated CPU job (one busy process per core, which takes no slot).
+
+A trial's time is its record's ``wall_seconds`` (training, timing and any wait for a core) and the
+same less ``core_wait_seconds`` (its own work). Prints each as a median ratio against (1) or the lone trial.
+
+    python bench/bench_share.py --trials 4 > bench/logs/share.log 2>&1   # about 10 min on a 2-core CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nas.record import record_of  # noqa: E402
+
+
+def start(runs: Path, name: str, trials: int, seed: int, epochs: int, env: dict[str, str], concurrent: int | None) -> subprocess.Popen:
+    args = ["search", *(["--concurrent", str(concurrent)] if concurrent else []), "--name", name, "--runs-dir", str(runs), "--trials", str(trials), "--sampler", "random", "--seed", str(seed),
+            "--epochs", str(epochs), "--image-size", "32", "--timing-image-size", "32", "--timing-batch-size", "16",
+            "--timing-steps", "5", "--quiet", "--json"]
+    return subprocess.Popen([sys.executable, "-m", "runners.cli", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def sweeps(runs: Path, names: list[str], trials: int, epochs: int, *, cores: int | None = None,
+           concurrent: int | None = None) -> list[tuple[float, float]]:
+    """Run the named sweeps at once; (wall, own) seconds of every finished trial, backbones included."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAS_LOCK_DIR": str(runs / "locks")}
+    if cores:
+        env["NAS_HOST_CORES"] = str(cores)
+    procs = [start(runs, name, trials, seed, epochs, env, concurrent) for seed, name in enumerate(names)]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"a sweep failed:\n{err}")
+    times = []
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{runs / name / 'study.db'}")
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            record = record_of(trial)
+            times.append((record.wall_seconds, record.wall_seconds - (record.core_wait_seconds or 0.0)))
+    return times
+
+
+def median(times: list[tuple[float, float]], index: int) -> float:
+    return statistics.median(t[index] for t in times)
+
+
+def report(label: str, times: list[tuple[float, float]], base: list[tuple[float, float]]) -> None:
+    wall, own = median(times, 0), median(times, 1)
+    print(f"{label}: {len(times)} trials, median {wall:.1f} s per trial ({wall / median(base, 0):.2f}x alone), "
+          f"its own work {own:.1f} s ({own / median(base, 1):.2f}x alone)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=4, help="trials per sweep, besides its backbone (default 4)")
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    import ray
+    import torch
+
+    cpus = os.cpu_count() or 1
+    print(f"machine: {platform.node()}, {cpus} CPUs, torch {torch.__version__}, ray {ray.__version__}, optuna {optuna.__version__}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; settings {vars(args)}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        alone = sweeps(root / "alone", ["alone"], args.trials, args.epochs)
+        report("one sweep alone", alone, alone)
+        report("two sweeps at once, sharing the core slots", sweeps(root / "shared", ["a", "b"], args.trials, args.epochs), alone)
+        report("two sweeps at once, no sharing (a slot per training)",
+               sweeps(root / "unshared", ["a", "b"], args.trials, args.epochs, cores=4 * cpus), alone)
+        lone = sweeps(root / "lone", ["lone"], 1, args.epochs, concurrent=1)  # the backbone, then one trial
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
+        try:
+            report("one trial beside an unrelated CPU job (a busy process per core)", sweeps(root / "busy", ["busy"], 1, args.epochs, concurrent=1), lone)
+        finally:
+            for proc in busy:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
