@@ -124,6 +124,24 @@ def schedule(config: ProgressiveConfig) -> list[Stage]:
 
 
 
+def remaining_seconds(stages: list[Stage], *, epoch: int, step: int, steps: int, batch_size: int, images_per_second: float) -> float:
+    """Seconds left at ``images_per_second`` measured in ``epoch`` (at step ``step`` of ``steps``), other stages scaled by pixels.
+
+    A step's cost grows with the image's pixels, so a stage at twice the size takes about four times as long.
+
+        >>> stages = [Stage(0, 1, 1, 16, 0, 0, 0), Stage(1, 2, 2, 32, 0, 0, 0)]
+        >>> remaining_seconds(stages, epoch=1, step=5, steps=10, batch_size=10, images_per_second=10.0)  # 5 + 4 * 10
+        45.0
+    """
+    size_now = next(stage.image_size for stage in stages if stage.first_epoch <= epoch <= stage.last_epoch)
+    total = 0.0
+    for stage in stages:
+        for number in range(max(epoch, stage.first_epoch), stage.last_epoch + 1):
+            left = steps - step if number == epoch else steps
+            total += left * batch_size * (stage.image_size / size_now) ** 2 / images_per_second
+    return total
+
+
 def explicit_config(base: ProgressiveConfig, **overrides: Any) -> ProgressiveConfig:
     """``base`` with the non-None ``overrides`` applied (and validated)."""
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -41,3 +41,37 @@ def init_ray(config: SweepConfig) -> bool:
         # dump that aborts): ours again, so SIGTERM stops the driver like Ctrl-C (the cleanup runs, exit 143)
         signal.signal(signal.SIGTERM, ours)
     return True
+
+
+class Mailbox:
+    """In-training progress from Ray workers to their driver (run as a Ray actor): the latest progress of each
+    key, and every core wait (a driver's timeout depends on them), taken by the driver when it prints.
+
+    >>> box = Mailbox()
+    >>> box.post(3, {"epoch": 1}); box.post(3, {"epoch": 2}); box.post(4, {"cores": "waiting", "pool": 2})
+    >>> box.take_progress()
+    [(4, {'cores': 'waiting', 'pool': 2}), (3, {'epoch': 2})]
+    """
+
+    def __init__(self) -> None:
+        self.progress: dict[Any, dict[str, Any]] = {}
+        self.events: list[tuple[Any, dict[str, Any]]] = []
+
+    def post(self, key: Any, info: dict[str, Any]) -> None:
+        if "cores" in info:
+            self.events.append((key, info))
+        else:
+            self.progress[key] = info
+
+    def take_progress(self) -> list[tuple[Any, dict[str, Any]]]:
+        events, progress, self.events, self.progress = self.events, self.progress, [], {}
+        return events + sorted(progress.items())
+
+
+def poster(box: Any, key: Any) -> Any:
+    """A progress callback (``train_proxy``'s ``on_progress``) that posts to a :class:`Mailbox` actor without waiting."""
+
+    def on_progress(info: dict[str, Any]) -> None:
+        box.post.remote(key, dict(info))
+
+    return on_progress

@@ -111,7 +111,10 @@ def test_dashboard_in_chromium(finished_sweep, tmp_path):
             _shot(page, tmp_path, "dashboard-study")
             # the trial table (A, S, P are user attributes of every trial; the screenshot shows which columns the table offers)
             page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{run.study._study_id}/trialTable")
-            page.wait_for_timeout(5000)
+            page.locator("table").first.wait_for(timeout=60_000)
+            table = page.locator("table").first.inner_text()
+            for column in ("accuracy", "normalized_step_time", "normalized_params", "reward"):  # A, S, P as columns
+                assert column in table, table[:500]
             _shot(page, tmp_path, "dashboard-trial-table")
             browser.close()
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,10 +88,12 @@ def test_sigterm_stops_fidelity_cleanly(tmp_path, finished_sweep):
     shutil.copytree(finished_sweep, run_dir)
     err_file = tmp_path / "err.txt"
     proc = _start(["fidelity", run_dir, "--trials", "2", "--epochs", "30"], err_file)
-    _wait_for(lambda: proc.poll() is not None or _runs(proc.pid, "ray::retrain"), 300, "a retraining in flight")
+    # a retraining in flight, saying how far it is (progress within a retraining, not only at its start and end)
+    _wait_for(lambda: proc.poll() is not None or " img/s, " in err_file.read_text(), 300, "a retraining's progress line")
     assert proc.poll() is None, err_file.read_text()
     code, err = _terminate(proc, err_file)
     assert code == 143, err
+    assert re.search(r"^fidelity: trial \d+: epoch \d+/30, step \d+/\d+, \d+ img/s, \d+ s$", err, re.MULTILINE), err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("fidelity:")]
     assert lines == ["nas fidelity: terminated"]
 

@@ -133,3 +133,60 @@ def test_progress_line_formats():
     quiet = io.StringIO()
     Progress(3, quiet=True, stream=quiet).update(1, 0, 0, 0, None)
     assert quiet.getvalue() == ""
+
+
+def test_progress_says_when_cores_are_taken_by_other_trainings():
+    import io
+
+    from runners.sweep.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(3, quiet=False, stream=stream)
+    progress.trial_progress(4, {"cores": "waiting", "pool": 2, "threads": 1})
+    progress.trial_progress(4, {"cores": "taken", "waited": 41.2})
+    assert stream.getvalue().splitlines() == [
+        "trial 4: waiting for a core: other trainings on its host hold all 2 core slots (see NAS_HOST_CORES in the README)",
+        "trial 4: got its core after 41 s; training"]
+
+
+def test_train_progress_has_an_eta_and_warns_once_about_a_long_run(capsys):
+    from nas.schedule import ProgressiveConfig
+    from runners.cli.train import progress_printer
+
+    config = ProgressiveConfig(epochs=4, stages=2, min_image_size=16, max_image_size=32, batch_size=10)
+    short = progress_printer(config)
+    short({"epoch": 1, "epochs": 4, "step": 5, "steps": 10, "images_per_second": 10.0, "seconds": 5})
+    # 5 steps + 1 epoch at 16 px, 2 epochs at 32 px (4x the pixels): (50 + 100 + 2 * 400) images / 10 img/s
+    assert capsys.readouterr().err == "  epoch 1/4, step 5/10, 10 img/s, 5 s, ETA 95 s\n"
+    slow = progress_printer(config)
+    for _ in range(2):
+        slow({"epoch": 1, "epochs": 4, "step": 5, "steps": 10, "images_per_second": 0.1, "seconds": 5})
+    err = capsys.readouterr().err
+    assert err.count("ETA 2.6 h") == 2
+    assert err.count("nas train: warning: about 2.6 h of training left at this speed") == 1  # once, not every line
+
+
+@pytest.mark.slow
+def test_a_real_long_train_warns_within_seconds(tmp_path):
+    """`nas train` of the b0 backbone at 128 px for 50 epochs on a CPU: the warning comes with the first progress line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "train", "efficientnetv2-b0", "--data", "digits", "--epochs", "50",
+                             "--max-image-size", "128", "--min-image-size", "128", "--threads", "1", "--out", str(tmp_path / "out")],
+                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ})
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "warning: about" in line:
+                break
+        assert any(re.search(r"epoch 1/50, step \d+/\d+, \d+ img/s, \d+ s, ETA \d", line) for line in lines), lines
+        assert "consider fewer --epochs, a smaller --max-image-size, or a GPU" in lines[-1], lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

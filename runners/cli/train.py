@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from nas.io import printable
@@ -77,10 +78,32 @@ def _memory_warning(need: int, device: str | None, config: Any) -> None:
               "consider a smaller --max-image-size or --batch-size", file=sys.stderr, flush=True)
 
 
-def _print_progress(info: dict[str, Any]) -> None:
-    """``nas train``'s in-epoch line on stderr (the hook calls it at most every few seconds)."""
-    print(f"  epoch {info['epoch']}/{info['epochs']}, step {info['step']}/{info['steps']}, "
-          f"{info['images_per_second']:.0f} img/s, {info['seconds']:.0f} s", file=sys.stderr, flush=True)
+LONG_SECONDS = 3600.0  # a run estimated longer than this is warned about once, with what would shorten it
+
+
+def progress_printer(config: Any) -> Callable[[dict[str, Any]], None]:
+    """``nas train``'s in-epoch line on stderr with an ETA; the first estimate over an hour is also a warning."""
+    from nas.schedule import remaining_seconds, schedule
+
+    stages, warned = schedule(config), []
+
+    def on_progress(info: dict[str, Any]) -> None:  # the hook calls it at most every few seconds
+        left = remaining_seconds(stages, epoch=info["epoch"], step=info["step"], steps=info["steps"], batch_size=config.batch_size,
+                                 images_per_second=max(info["images_per_second"], 1e-9))
+        print(f"  epoch {info['epoch']}/{info['epochs']}, step {info['step']}/{info['steps']}, "
+              f"{info['images_per_second']:.0f} img/s, {info['seconds']:.0f} s, ETA {duration(left)}", file=sys.stderr, flush=True)
+        if left > LONG_SECONDS and not warned:
+            warned.append(left)
+            print(f"nas train: warning: about {duration(left)} of training left at this speed ({info['images_per_second']:.0f} img/s; "
+                  f"later stages at larger images are slower): consider fewer --epochs, a smaller --max-image-size, or a GPU "
+                  "(Ctrl-C stops it; the same command resumes from the checkpoint)", file=sys.stderr, flush=True)
+
+    return on_progress
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.1 h``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -114,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     summary = train_progressive(spec, data, config, out_dir=out, device=args.device, log=log,
                                 lock=DeviceLock.for_device(pick_device(args.device)),  # a sweep's timer on this device stays honest
-                                on_progress=_print_progress)
+                                on_progress=progress_printer(config))
     plot_curves(summary["history"], schedule(config), Path(out) / "curves.png")
     summary["out"] = out
     text = (f"{summary['mode']} training of {spec.name} on {summary['data']}: test accuracy {summary['test_accuracy']:.4f} "

@@ -24,6 +24,7 @@ from nas.record import TrialRecord
 from nas.spec import NetworkSpec
 from nas.timing import ReferenceCache, TimingConfig
 from nas.train import TrainConfig
+from runners.ray_cluster import Mailbox, poster
 
 DECISION_WAIT_SECONDS = 600.0  # a driver that does not answer: train on rather than hang
 
@@ -61,7 +62,7 @@ def asha_pruner() -> optuna.pruners.BasePruner:
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
 
 
-class PruneBoard:
+class PruneBoard(Mailbox):
     """A mailbox between workers and the driver (run as a Ray actor): per-epoch values in, decisions out;
     in-trial progress (epoch, step, images/s) in, for the driver's stderr.
 
@@ -73,20 +74,9 @@ class PruneBoard:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.reports: list[tuple[int, int, float]] = []
         self.decisions: dict[tuple[int, int], bool] = {}
-        self.progress: dict[int, dict[str, Any]] = {}  # the latest progress of each trial
-        self.events: list[tuple[int, dict[str, Any]]] = []  # core waits: every one is told (the driver's timeout uses them)
-
-    def post(self, number: int, info: dict[str, Any]) -> None:
-        if "cores" in info:
-            self.events.append((number, info))
-        else:
-            self.progress[number] = info
-
-    def take_progress(self) -> list[tuple[int, dict[str, Any]]]:
-        events, progress, self.events, self.progress = self.events, self.progress, [], {}
-        return events + sorted(progress.items())
 
     def report(self, number: int, epoch: int, value: float) -> None:
         self.reports.append((number, epoch, value))
@@ -122,13 +112,6 @@ def _ask_driver(board: Any, number: int, epochs: int, prune: bool):
     return on_epoch
 
 
-def _post_progress(board: Any, number: int):
-    """An in-epoch progress callback (``train_proxy``'s ``on_progress``) that posts to the driver without waiting."""
-
-    def on_progress(info: dict) -> None:
-        board.post.remote(number, dict(info))
-
-    return on_progress
 
 
 def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timing: TimingConfig, backbone: NetworkSpec,
@@ -142,7 +125,7 @@ def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timi
 
     torch.set_num_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
     on_epoch = _ask_driver(*board, train.epochs, prune) if board is not None else None
-    on_progress = _post_progress(*board) if board is not None else None
+    on_progress = poster(*board) if board is not None else None
     node = ray.get_runtime_context().get_node_id()
     try:
         record = evaluate_candidate(
