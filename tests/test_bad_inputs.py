@@ -123,6 +123,8 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("search-name-dots", ["search", "--runs-dir", "{w}/fresh", "--name", "../x"], ("name",)),
     ("search-name-space", ["search", "--runs-dir", "{w}/fresh", "--name", "a b"], ("name",)),
     ("search-name-empty", ["search", "--runs-dir", "{w}/fresh", "--name", ""], ("name",)),
+    ("search-data-fraction-0", ["search", "--runs-dir", "{w}/fresh", "--data-fraction", "0"], ("train.data_fraction", "(0, 1]")),
+    ("search-score-unknown", ["search", "--runs-dir", "{w}/fresh", "--score", "sotl"], ("train.score", "accuracy, best_accuracy")),
     ("search-storage-scheme", ["search", "--runs-dir", "{w}/fresh", "--storage", "redis://localhost"], ("storage",)),
     ("search-storage-two-slashes", ["search", "--runs-dir", "{w}/fresh", "--storage", "sqlite://rel.db"], ("storage",)),
     ("search-storage-parent", ["search", "--runs-dir", "{w}/fresh", "--storage", "sqlite:///{w}/no/such/s.db"], ("storage", "does not exist")),

@@ -18,6 +18,7 @@ from runners.cli.common import (
 
 def add_parsers(sub: Any) -> None:
     """search"""
+    from nas.scores import ACCURACY_SCORES
     from runners.config import DEFAULT_TIMING as SWEEP_TIMING
     from runners.config import DEFAULT_TRAIN as SWEEP_TRAIN
 
@@ -42,6 +43,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--epochs", type=positive_int, help=f"proxy training epochs per trial (default {SWEEP_TRAIN.epochs})")
     p.add_argument("--image-size", type=positive_int, help=f"proxy training image size in px (default {SWEEP_TRAIN.image_size})")
     p.add_argument("--batch-size", type=positive_int, help=f"proxy training batch size (default {SWEEP_TRAIN.batch_size})")
+    p.add_argument("--data-fraction", type=finite_float, help="fraction of the training split the proxy trains on, in (0, 1] "
+                   f"(default {SWEEP_TRAIN.data_fraction:g}; `nas calibrate` recommends one)")
+    p.add_argument("--score", help=f"the proxy score that is A in the reward: {', '.join(ACCURACY_SCORES)} (default {SWEEP_TRAIN.score})")
     p.add_argument("--timing-image-size", type=positive_int, help=f"image size of the timed step (default {SWEEP_TIMING.image_size})")
     p.add_argument("--timing-batch-size", type=positive_int, help=f"batch size of the timed step (default {SWEEP_TIMING.batch_size})")
     p.add_argument("--timing-steps", type=positive_int, help=f"timed steps, median taken (default {SWEEP_TIMING.steps})")
@@ -61,8 +65,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from runners.preflight import undo_new_run
     from runners.sweep.run import run_sweep
 
-    train = {k: v for k, v in {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}.items()
-             if v is not None}
+    train = {k: v for k, v in {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
+                               "data_fraction": args.data_fraction, "score": args.score}.items() if v is not None}
     timing = {k: v for k, v in {"image_size": args.timing_image_size, "batch_size": args.timing_batch_size,
                                 "steps": args.timing_steps}.items() if v is not None}
     reward = {k: v for k, v in {"name": args.reward, "w": args.w, "v": args.v}.items() if v is not None}
