@@ -92,3 +92,24 @@ def test_sweep_accepts_data_fraction_and_score_and_older_studies_still_resume():
     assert settings_difference(older, default) == []  # a study stored before these settings existed resumes
     with pytest.raises(InputError, match="score"):
         resolve_config(None, {"name": "x", "train": {"score": "sotl"}})
+
+
+def test_a_ceiling_that_is_noise_recommends_nothing():
+    """Twelve architectures whose long accuracies two seeds rank unrelatedly: the ceiling's interval reaches 0,
+    so no fraction of it is trusted, no setting is recommended, and the fidelity lines say why."""
+    from runners.analysis.calibrate import recommend, summary_text
+    from runners.analysis.fidelity import score_lines, score_table
+
+    long = [0.80, 0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.90, 0.91]
+    replica = [0.85, 0.80, 0.91, 0.83, 0.88, 0.81, 0.90, 0.84, 0.82, 0.89, 0.86, 0.87]  # another seed: unrelated order
+    steady = [0.80, 0.82, 0.81, 0.83, 0.84, 0.86, 0.85, 0.87, 0.88, 0.90, 0.89, 0.91]  # the same order, two swaps
+    noisy = score_table({"accuracy": long}, long, replica)
+    assert not noisy["ceiling"]["reliable"] and noisy["ceiling"]["interval"][0] <= 0
+    assert score_table({"accuracy": long}, long, steady)["ceiling"]["reliable"]
+    assert any("does not rank these architectures reproducibly" in line for line in score_lines(noisy))
+    row = {**PLANTED[0], "kendall_tau": 0.5, "fraction_of_ceiling": 5.0}
+    assert recommend([row], noisy["ceiling"], 0.8) is None and recommend([row], {**noisy["ceiling"], "reliable": True}, 0.8) == row
+    result = {"run_dir": "r", "trials": list(range(12)), "long_schedule": {}, "ceiling": noisy["ceiling"], "table": [row],
+              "target": 0.8, "recommended": None, "frontier": [row], "snippet": None, "ceiling_reliable": False}
+    text = summary_text(result)
+    assert "nothing recommended" in text and "tau 0.500" in text and "calibration.yaml" not in text

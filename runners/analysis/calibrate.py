@@ -30,6 +30,7 @@ from nas.io import atomic_write_json, atomic_write_text
 from nas.record import TrialRecord, record_of
 from nas.scores import ACCURACY_SCORES, SCORES, proxy_scores
 from runners.analysis.fidelity import (
+    UNRELIABLE,
     FidelityConfig,
     Job,
     fraction_of,
@@ -148,6 +149,11 @@ def choose(table: list[dict[str, Any]], target: float, scores: tuple[str, ...] =
     return min(reaching, key=lambda r: (r["cost"], -r["fraction_of_ceiling"])) if reaching else None
 
 
+def recommend(table: list[dict[str, Any]], ceiling: dict[str, Any], target: float) -> dict[str, Any] | None:
+    """:func:`choose`'s row, or None when the ceiling is noise (its interval reaches 0): never a recommendation measured against noise."""
+    return choose(table, target) if ceiling.get("reliable", True) else None
+
+
 def frontier(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows no cheaper row beats in fraction of the ceiling (cost ascending): what each budget buys."""
     best, front = float("-inf"), []
@@ -165,8 +171,8 @@ def snippet(row: dict[str, Any]) -> str:
             f"train: {{epochs: {s['epochs']}, image_size: {s['image_size']}, data_fraction: {s['data_fraction']:g}, score: {row['score']}}}\n")
 
 
-def plot(table: list[dict[str, Any]], target: float, path: Path) -> None:
-    """Cost against fraction of the ceiling, one series per score, the target as a line."""
+def plot(table: list[dict[str, Any]], target: float, path: Path, steady: bool = True) -> None:
+    """Cost against fraction of the ceiling, one series per score, the target as a line (a warning title when the ceiling is noise)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,6 +188,8 @@ def plot(table: list[dict[str, Any]], target: float, path: Path) -> None:
     axes.set_xlabel("proxy cost / long-schedule cost (CPU seconds per architecture)")
     axes.set_ylabel("Kendall tau / seed ceiling")
     axes.legend(fontsize=8)
+    if not steady:
+        axes.set_title("the seed ceiling's interval reaches 0: fractions of it mean little", fontsize=9, color="firebrick")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -195,14 +203,17 @@ def run_calibration(run: Run, config: CalibrationConfig, quiet: bool = False) ->
         raise RuntimeError(f"calibrate: only {len(long_audit['trials'])} architectures finished the long schedule; need 3 with both seeds")
     train_grid(run, config, [r["trial"] for r in long_audit["trials"]], log)
     table = table_rows(run, config, long_audit)
-    chosen = choose(table, config.target)
+    steady = long_audit["ceiling"].get("reliable", True)
+    chosen = recommend(table, long_audit["ceiling"], config.target)
     result = {"run_dir": str(run.path), "long_schedule": config.long().schedule(), "ceiling": long_audit["ceiling"],
-              "trials": [r["trial"] for r in long_audit["trials"]], "target": config.target, "table": table,
+              "trials": [r["trial"] for r in long_audit["trials"]], "target": config.target, "table": table, "ceiling_reliable": steady,
               "recommended": chosen, "frontier": frontier(table), "snippet": snippet(chosen) if chosen else None}
     atomic_write_json(run.path / "calibration.json", result)
     if chosen:
         atomic_write_text(run.path / "calibration.yaml", result["snippet"])
-    plot(table, config.target, run.path / "calibration.png")
+    else:
+        (run.path / "calibration.yaml").unlink(missing_ok=True)  # an earlier run's recommendation no longer holds
+    plot(table, config.target, run.path / "calibration.png", steady)
     return result
 
 
@@ -217,7 +228,11 @@ def summary_text(result: dict[str, Any]) -> str:
         lines.append(f"{s['epochs']:>6} {s['image_size']:>4} {s['data_fraction']:>5.2f} {r['score']:<14} {r['cost']:>8.1f} "
                      f"{r['relative_cost'] or 0:>7.3f} {r['kendall_tau'] if r['kendall_tau'] is not None else float('nan'):>6.3f} "
                      f"{fraction if fraction is not None else float('nan'):>7.2f}")
-    if result["recommended"]:
+    if not result.get("ceiling_reliable", True):
+        lines.append(f"nothing recommended: {UNRELIABLE}; the frontier (what each budget buys, as tau against the long schedule):")
+        lines += [f"  {r['setting']} {r['score']}: tau {r['kendall_tau']:.3f} at {r['relative_cost'] or 0:.3f} of the long cost"
+                  for r in result["frontier"]]
+    elif result["recommended"]:
         lines.append(f"recommended (cheapest reaching {result['target']:g} of the ceiling), written to calibration.yaml:\n"
                      + result["snippet"].rstrip())
     else:

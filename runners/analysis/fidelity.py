@@ -101,7 +101,8 @@ def score_table(proxy: dict[str, list[float | None]], long: list[float], replica
     paired = [(a, b) for a, b in zip(long, replica or []) if b is not None]
     if len(paired) >= 2:
         a, b = map(list, zip(*paired))
-        ceiling = {"kendall_tau": _finite(kendall_tau(a, b)), "interval": tau_interval(a, b, seed=seed),
+        interval = tau_interval(a, b, seed=seed)
+        ceiling = {"kendall_tau": _finite(kendall_tau(a, b)), "interval": interval, "reliable": reliable(interval),
                    "spearman": _finite(spearman(a, b)), "top_k_overlap": top_k_overlap(b, a, k), "trials": len(paired)}
     table: dict[str, Any] = {}
     for name, values in proxy.items():
@@ -114,6 +115,20 @@ def score_table(proxy: dict[str, list[float | None]], long: list[float], replica
         table[name] = {"kendall_tau": tau, "interval": tau_interval(x, y, seed=seed), "spearman": _finite(spearman(x, y)),
                        "top_k_overlap": top_k_overlap(x, y, k), "fraction_of_ceiling": fraction_of(tau, ceiling), "trials": len(x)}
     return {"ceiling": ceiling, "scores": table, "top_k": k}
+
+
+UNRELIABLE = ("the ceiling's interval reaches 0: the long schedule does not rank these architectures reproducibly (their "
+              "accuracies differ less than seed noise), so fractions of it mean little; make the long ranking stable first "
+              "(more validation images, a longer schedule, more architectures)")
+
+
+def reliable(interval: list[float] | None) -> bool:
+    """A ceiling is something to measure against only when its bootstrap interval stays above 0.
+
+        >>> reliable([0.1, 0.6]), reliable([-0.39, 0.67]), reliable(None)
+        (True, False, False)
+    """
+    return interval is not None and interval[0] > 0
 
 
 def fraction_of(tau: float | None, ceiling: dict[str, Any] | None) -> float | None:
@@ -385,6 +400,8 @@ def score_lines(result: dict[str, Any]) -> list[str]:
     ceiling = result.get("ceiling")
     lines = [f"seed ceiling: Kendall tau(long, long with another seed) {number(ceiling['kendall_tau'])}{interval(ceiling['interval'])} "
              f"over {ceiling['trials']} trials" if ceiling else "seed ceiling: n/a (the long schedule ran once)"]
+    if ceiling and not ceiling.get("reliable", True):  # studies audited before the flag existed: as they were shown
+        lines.append(f"  warning: {UNRELIABLE}")
     for name, row in (result.get("scores") or {}).items():
         if row:
             lines.append(f"score {name:<13} tau {number(row['kendall_tau'])}{interval(row['interval'])}, Spearman "
