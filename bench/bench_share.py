@@ -1,7 +1,7 @@
 """Two sweeps on one host (issue 22): per-trial time against one sweep alone, with the host's core slots and without.
 
 Every sweep is a real ``nas search`` (its own Ray instance, which believes it owns every core; the
-default layout: one thread per trial, as many trials as cores) on digits. Runs, in order:
+default layout: on 2 cores, one trial at a time with 2 torch threads) on digits. Runs, in order:
 
 1. one sweep alone (the baseline);
 2. two sweeps started at once, sharing the host's core slots (``nas/cores.py``, the default);
@@ -9,7 +9,8 @@ default layout: one thread per trial, as many trials as cores) on digits. Runs, 
 4. a sweep of one trial at a time (the backbone, then one trial) alone, then beside an unrelated CPU job (one busy process per core, which takes no slot).
 
 A trial's time is its record's ``wall_seconds`` (training, timing and any wait for a core) and the
-same less ``core_wait_seconds`` (its own work). Prints each as a median ratio against (1) or the lone trial.
+same less ``core_wait_seconds`` (its own work). Prints each as the median over trials of its ratio to the same architecture in (1) or the lone sweep
+(every sweep has seed 0, so the same architectures).
 
     python bench/bench_share.py --trials 4 > bench/logs/share.log 2>&1   # about 10 min on a 2-core CPU
 """
@@ -43,12 +44,12 @@ def start(runs: Path, name: str, trials: int, seed: int, epochs: int, env: dict[
 
 
 def sweeps(runs: Path, names: list[str], trials: int, epochs: int, *, cores: int | None = None,
-           concurrent: int | None = None) -> list[tuple[float, float]]:
-    """Run the named sweeps at once; (wall, own) seconds of every finished trial, backbones included."""
+           concurrent: int | None = None) -> list[tuple[float, float, float, str]]:
+    """Run the named sweeps at once; (wall, own, waited seconds, architecture) of every finished trial, backbones included."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAS_LOCK_DIR": str(runs / "locks")}
     if cores:
         env["NAS_HOST_CORES"] = str(cores)
-    procs = [start(runs, name, trials, seed, epochs, env, concurrent) for seed, name in enumerate(names)]
+    procs = [start(runs, name, trials, 0, epochs, env, concurrent) for name in names]  # one seed: the same architectures in every sweep
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -58,18 +59,22 @@ def sweeps(runs: Path, names: list[str], trials: int, epochs: int, *, cores: int
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{runs / name / 'study.db'}")
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             record = record_of(trial)
-            times.append((record.wall_seconds, record.wall_seconds - (record.core_wait_seconds or 0.0)))
+            wait = record.core_wait_seconds or 0.0
+            times.append((record.wall_seconds, record.wall_seconds - wait, wait, record.spec_key))
     return times
 
 
-def median(times: list[tuple[float, float]], index: int) -> float:
-    return statistics.median(t[index] for t in times)
+def ratio(times: list[tuple], base: list[tuple], index: int) -> float:
+    """Median over trials of time / the same architecture's time in ``base`` (architectures match: one seed)."""
+    alone = {row[3]: row[index] for row in base}
+    return statistics.median(row[index] / alone[row[3]] for row in times if row[3] in alone)
 
 
-def report(label: str, times: list[tuple[float, float]], base: list[tuple[float, float]]) -> None:
-    wall, own = median(times, 0), median(times, 1)
-    print(f"{label}: {len(times)} trials, median {wall:.1f} s per trial ({wall / median(base, 0):.2f}x alone), "
-          f"its own work {own:.1f} s ({own / median(base, 1):.2f}x alone)", flush=True)
+def report(label: str, times: list[tuple], base: list[tuple]) -> None:
+    wall, own = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+    print(f"{label}: {len(times)} trials, median {wall:.1f} s per trial (x{ratio(times, base, 0):.2f} the same architecture alone), "
+          f"its own work {own:.1f} s (x{ratio(times, base, 1):.2f}), waited for cores: median {statistics.median(t[2] for t in times):.1f} s, "
+          f"max {max(t[2] for t in times):.1f} s", flush=True)
 
 
 def main() -> None:

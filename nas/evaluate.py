@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nas.cores import hold_cores
+from nas.cores import hold_cores, host_cores
 from nas.data import Dataset, load_dataset
 from nas.lock import DeviceLock, device_id
 from nas.pipeline import DeviceData
@@ -136,10 +136,16 @@ def trainer_cores(device: torch.device, *, on_progress: ProgressCallback | None 
         if on_progress is not None:
             on_progress({"cores": "waiting", "pool": pool, "threads": torch.get_num_threads()})
 
-    with hold_cores(torch.get_num_threads(), on_wait=waiting) as waited:
+    threads = torch.get_num_threads()
+    slots = min(threads, host_cores())
+    with hold_cores(slots, on_wait=waiting) as waited:
         if waited and on_progress is not None:
             on_progress({"cores": "taken", "waited": waited})
-        yield waited
+        torch.set_num_threads(slots)  # never more threads than slots held (NAS_HOST_CORES below the trial's threads)
+        try:
+            yield waited
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _trained(result: Any, train_config: TrainConfig) -> dict[str, Any]:

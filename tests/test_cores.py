@@ -90,3 +90,24 @@ def test_two_sweeps_on_one_host_share_its_cores(tmp_path, tiny_space):
     clashes = [(a, b) for a in work for b in work if a["pid"] < b["pid"] and a["start"] < b["end"] and b["start"] < a["end"]]
     assert not clashes, f"{len(clashes)} units of device work of two trainings ran at once on a host of one core slot"
     assert any("waiting for a core" in err for _, err in results)
+
+
+def test_a_trainer_never_runs_more_threads_than_the_slots_it_holds(tmp_path, monkeypatch):
+    """NAS_HOST_CORES=1 (a core left to other work): a 2-thread trial trains on one thread, and gets its threads back after."""
+    import torch
+
+    from nas.evaluate import trainer_cores
+
+    monkeypatch.setenv("NAS_LOCK_DIR", str(tmp_path))
+    monkeypatch.setenv("NAS_HOST_CORES", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with trainer_cores(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("NAS_HOST_CORES", "4")
+        with trainer_cores(torch.device("cpu")):
+            assert torch.get_num_threads() == 2  # slots to spare: the trial's own threads
+    finally:
+        torch.set_num_threads(before)
