@@ -5,14 +5,15 @@ default layout: on 2 cores, one trial at a time with 2 torch threads) on digits.
 
 1. one sweep alone (the baseline);
 2. two sweeps started at once, sharing the host's core slots (``nas/cores.py``, the default);
-3. the same two sweeps with a pool as large as their trainings (``NAS_HOST_CORES``): what happens without sharing;
-4. a sweep of one trial at a time (the backbone, then one trial) alone, then beside an unrelated CPU job (one busy process per core, which takes no slot).
+3. the same two sweeps with a pool larger than their trainings need (``NAS_HOST_CORES=4 x cores``): no sharing;
+4. with ``--busy``: a sweep of one trial at a time (the backbone, then one trial) alone, then beside an unrelated
+   CPU job (one busy process per core, which takes no slot; measured: over 40x slower, so it is off by default).
 
 A trial's time is its record's ``wall_seconds`` (training, timing and any wait for a core) and the
 same less ``core_wait_seconds`` (its own work). Prints each as the median over trials of its ratio to the same architecture in (1) or the lone sweep
 (every sweep has seed 0, so the same architectures).
 
-    python bench/bench_share.py --trials 4 > bench/logs/share.log 2>&1   # about 10 min on a 2-core CPU
+    python bench/bench_share.py --trials 4 > bench/logs/share.log 2>&1   # about 30 min on a 2-core CPU
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4, help="trials per sweep, besides its backbone (default 4)")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--busy", action="store_true", help="also phase 4: a trial beside a busy process per core (very slow)")
     args = parser.parse_args()
     import ray
     import torch
@@ -95,6 +97,8 @@ def main() -> None:
         report("two sweeps at once, sharing the core slots", sweeps(root / "shared", ["a", "b"], args.trials, args.epochs), alone)
         report("two sweeps at once, no sharing (a slot per training)",
                sweeps(root / "unshared", ["a", "b"], args.trials, args.epochs, cores=4 * cpus), alone)
+        if not args.busy:
+            return
         lone = sweeps(root / "lone", ["lone"], 1, args.epochs, concurrent=1)  # the backbone, then one trial
         busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
         try:
