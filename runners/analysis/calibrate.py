@@ -32,14 +32,13 @@ from nas.scores import ACCURACY_SCORES, SCORES, proxy_scores
 from runners.analysis.fidelity import (
     UNRELIABLE,
     FidelityConfig,
-    Job,
     fraction_of,
     pick_trials,
     run_fidelity,
-    run_jobs,
     score_table,
     stored_results,
 )
+from runners.analysis.retrain import Job, run_jobs
 from runners.study import Run
 
 PREFIX = "calibration:"
