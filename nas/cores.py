@@ -1,7 +1,8 @@
 """Host-wide core slots: trainers of every sweep on a host share its cores instead of oversubscribing them.
 
 Each Ray instance (one per driver that starts its own, ``nas fidelity``, a teammate's sweep) believes it
-owns every core of the host, so two sweeps on one 2-core host ran four 1-thread trainings at once. A
+owns every core of the host, so two sweeps on one 2-core host ran two 2-thread trainings at once, each
+5.4x slower than alone (``bench/bench_share.py``). A
 CPU trainer therefore takes one slot per thread it will use from a pool of ``host_cores()`` slots (one
 ``flock``-ed file each in :func:`nas.lock.lock_dir`, shared by every user like the device locks) and
 holds them for its whole run; a trainer that finds too few free waits for them (bounded by ``timeout``).
