@@ -136,9 +136,9 @@ def trainer_cores(device: torch.device, *, on_progress: ProgressCallback | None 
         if on_progress is not None:
             on_progress({"cores": "waiting", "pool": pool, "threads": torch.get_num_threads()})
 
-    threads = torch.get_num_threads()
-    slots = min(threads, host_cores())
-    with hold_cores(slots, on_wait=waiting) as waited:
+    threads, pool = torch.get_num_threads(), host_cores()
+    slots = min(threads, pool)
+    with hold_cores(slots, pool=pool, on_wait=waiting) as waited:
         if waited and on_progress is not None:
             on_progress({"cores": "taken", "waited": waited})
         torch.set_num_threads(slots)  # never more threads than slots held (NAS_HOST_CORES below the trial's threads)

@@ -19,6 +19,7 @@ import time
 from typing import Any, TextIO
 
 from nas.record import OK, PRUNED, TrialRecord
+from runners.ray_cluster import core_wait_text
 
 IN_TRIAL_SECONDS = 5.0  # at most one in-trial line per trial this often
 
@@ -101,12 +102,9 @@ class Progress:
     def trial_progress(self, number: int, info: dict[str, Any]) -> None:
         """In-trial progress (epoch, step, images/s), at most one line per trial every ``IN_TRIAL_SECONDS``."""
         now = time.monotonic()
-        if info.get("cores") == "waiting":  # always said: it explains a trial that does not move
-            self.say(f"{self.labels.get(number, f'trial {number}')}: waiting for a core: other trainings on its host hold all "
-                     f"{info['pool']} core slots (see NAS_HOST_CORES in the README)")
-            return
-        if info.get("cores") == "taken":
-            self.say(f"{self.labels.get(number, f'trial {number}')}: got its core after {info['waited']:.0f} s; training")
+        waiting = core_wait_text(info)
+        if waiting:  # always said: it explains a trial that does not move
+            self.say(f"{self.labels.get(number, f'trial {number}')}: {waiting}")
             return
         if now - self.last_line.get(number, 0.0) < IN_TRIAL_SECONDS:
             return
