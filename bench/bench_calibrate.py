@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -31,7 +32,10 @@ from bench_search import nas, subset  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=100, help="training images per class (default 100)")
+    parser.add_argument("--train", type=int, default=100, help="training images per class (default 100; 20%% of them validate "
+                                                             "unless --val is given)")
+    parser.add_argument("--val", type=int, default=None, help="validation images per class, besides --train: a validation set "
+                                                            "large enough that the seed ceiling is not evaluation noise")
     parser.add_argument("--trials", type=int, default=12, help="sweep trials (default 12)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--size", type=int, default=16)
@@ -53,10 +57,15 @@ def main() -> None:
     tmp = Path(args.work)  # kept (not a temporary directory): the sweep and the calibration resume from the study
     tmp.mkdir(parents=True, exist_ok=True)
     data = Path(tmp) / "fashion-subset.npz"
+    per_class = args.train + (args.val or 0)
     if not data.exists():
-        subset(data, args.train, 50)
-    print(f"data: Fashion-MNIST subset, {args.train * 10} training images (20% of them validation), grey 28x28", flush=True)
-    sweep = nas("search", "--name", "bench", "--runs-dir", tmp, "--data", str(data), "--trials", str(args.trials),
+        subset(data, per_class, 50)
+    fraction = args.val / per_class if args.val else 0.2  # the held-out share of the training split, as the sweep stores it
+    config = Path(tmp) / "sweep.json"
+    config.write_text(json.dumps({"train": {"validation_fraction": fraction}}))
+    print(f"data: Fashion-MNIST subset, {per_class * 10} images, {fraction:.0%} of them validation "
+          f"({round(per_class * 10 * fraction)} images), grey 28x28", flush=True)
+    sweep = nas("search", "--config", str(config), "--name", "bench", "--runs-dir", tmp, "--data", str(data), "--trials", str(args.trials),
                 "--concurrent", "2", "--sampler", "random", "--seed", "0", "--epochs", str(args.epochs),
                 "--image-size", str(args.size), "--timing-image-size", "32", "--timing-batch-size", "16", "--timing-steps", "3",
                 "--quiet")

@@ -6,7 +6,13 @@ it, the floor: a bare Optuna ask/tell loop on the same kind of storage that sugg
 space and writes the same attributes. Prints seconds per trial over the first and last WINDOW
 trials of each, their ratio, and the driver/floor ratio at the end.
 
+``--ray``: the evaluation runs as the Ray task in place of training (a local Ray instance, 1 CPU per
+trial), so the driver pays Ray's submit/wait/get and progress-board round trips; per-trial times are
+then read from the trials' completion times. ``--no-wal``: the embedded SQLite study without its WAL
+journal (the default before issue 22: rollback journal, a disk sync per commit), for before/after.
+
     python bench/bench_driver.py --trials 10000 --window 100
+    python bench/bench_driver.py --trials 300 --window 50 --dir /var/tmp --ray [--no-wal]
 """
 
 from __future__ import annotations
@@ -57,13 +63,19 @@ def per_trial(stamps: list[float], window: int) -> tuple[float, float]:
     return first, last
 
 
-def run_driver(root: Path, trials: int) -> list[float]:
+def run_driver(root: Path, trials: int, *, on_ray: bool = False) -> list[float]:
     config = resolve_config(None, {"name": "driver", "runs_dir": str(root), "n_trials": trials, "max_concurrent": 1,
-                                   "sampler": "random", "quiet": True})
-    timed = Timed()
-    summary = run_sweep(config, evaluate=timed)
+                                   "cpus_per_trial": 1, "sampler": "random", "quiet": True})
+    if not on_ray:
+        timed = Timed()
+        summary = run_sweep(config, evaluate=timed)
+        assert summary["complete"] == trials, summary
+        return timed.stamps
+    summary = run_sweep(config, evaluate=synthetic_record, evaluate_on_ray=True)
     assert summary["complete"] == trials, summary
-    return timed.stamps
+    study = optuna.load_study(study_name="driver", storage=rdb_storage(config.storage_url))
+    done = sorted(t.datetime_complete.timestamp() for t in study.get_trials(deepcopy=False) if t.datetime_complete)
+    return done[-trials:]  # the backbone's trial comes first
 
 
 def run_floor(root: Path, trials: int) -> list[float]:
@@ -93,12 +105,18 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10000)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--dir", help="where the SQLite files go (default: the system temp directory)")
+    parser.add_argument("--ray", action="store_true", help="the evaluation as a Ray task (the real submit/wait/get path)")
+    parser.add_argument("--no-wal", action="store_true", help="the embedded study without WAL (before issue 22)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.no_wal:
+        import runners.study
+
+        runners.study.write_ahead_log = lambda storage: None  # the rollback journal: synchronous=FULL, a sync per commit
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         begin = time.perf_counter()
-        driver = run_driver(root, args.trials)
+        driver = run_driver(root, args.trials, on_ray=args.ray)
         driver_seconds = time.perf_counter() - begin
         begin = time.perf_counter()
         floor = run_floor(root, args.trials)
@@ -106,7 +124,7 @@ def main() -> int:
     d_first, d_last = per_trial(driver, args.window)
     f_first, f_last = per_trial(floor, args.window)
     result = {
-        "trials": args.trials, "window": args.window, "optuna": optuna.__version__, "dir": args.dir or tempfile.gettempdir(),
+        "trials": args.trials, "window": args.window, "ray": args.ray, "wal": not args.no_wal, "optuna": optuna.__version__, "dir": args.dir or tempfile.gettempdir(),
         "driver_first_s_per_trial": round(d_first, 5), "driver_last_s_per_trial": round(d_last, 5),
         "driver_growth_ratio": round(d_last / d_first, 3), "driver_total_s": round(driver_seconds, 1),
         "floor_first_s_per_trial": round(f_first, 5), "floor_last_s_per_trial": round(f_last, 5),

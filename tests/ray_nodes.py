@@ -5,13 +5,17 @@ Not a test module: the helpers the cluster tests share, and that ``LOCAL_RAY`` (
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import random
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 RAY = [str(Path(sys.executable).parent / "ray")]  # the `ray` command of this environment
@@ -63,6 +67,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ---- a private network: a bridge on this host and network namespaces on it ---------------------------
+@contextlib.contextmanager
+def private_network(count: int) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """A bridge on this host and ``count`` network namespaces plugged into it, each with its own address (root only).
+
+    Yields (this host's address on the bridge, [(namespace, its address), ...]). A process in a namespace
+    reaches this host only at that address: not at 127.0.0.1, which is its own. Removed afterwards.
+    """
+    tag, routes = secrets.token_hex(3), subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    subnet = next(net for net in (f"10.{random.randint(64, 250)}.{random.randint(0, 255)}" for _ in range(100)) if f"{net}." not in routes)
+    bridge, names = f"nasbr{tag}", [f"nas-{tag}-{i}" for i in range(count)]
+
+    def ip(*args: str, netns: str | None = None) -> None:
+        subprocess.run([*(["ip", "netns", "exec", netns] if netns else []), "ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        ip("link", "add", bridge, "type", "bridge")
+        ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
+        ip("link", "set", bridge, "up")
+        for number, name in enumerate(names, start=2):
+            ip("netns", "add", name)
+            ip("link", "add", f"nasv{tag}{number}", "type", "veth", "peer", "name", "eth0", "netns", name)
+            ip("link", "set", f"nasv{tag}{number}", "master", bridge, "up")
+            ip("addr", "add", f"{subnet}.{number}/24", "dev", "eth0", netns=name)
+            ip("link", "set", "eth0", "up", netns=name)
+            ip("link", "set", "lo", "up", netns=name)
+        yield f"{subnet}.1", [(name, f"{subnet}.{number}") for number, name in enumerate(names, start=2)]
+    finally:
+        for name in names:  # its end of each veth pair goes with it
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
 
 
 # ---- Ray nodes started by a test ---------------------------------------------------------------

@@ -20,7 +20,7 @@ from runners.config import resolve_config
 from runners.study import backbone_trial, open_run
 from runners.sweep.run import run_sweep
 from tests.conftest import TINY_SEARCH, assert_one_line_error, run_nas, tiny_backbone
-from tests.ray_nodes import RAY, alive_nodes, descendants, free_port, stop_nodes
+from tests.ray_nodes import RAY, alive_nodes, descendants, free_port, private_network, stop_nodes
 
 
 def synthetic(spec: NetworkSpec, train: TrainConfig) -> dict:
@@ -74,26 +74,33 @@ def test_a_run_directory_remembers_where_its_study_lives(tmp_path, postgres):
 
 
 # ---- separate machines on one host ---------------------------------------------------------------
-def _machine(command: list[str], env: dict[str, str], log) -> subprocess.Popen:
-    """``command`` on a "separate machine": its own mount namespace with a fresh tmpfs on /tmp and its own HOME there.
+def _machine(command: list[str], env: dict[str, str], log, netns: str) -> subprocess.Popen:
+    """``command`` on a "separate machine": network namespace ``netns`` (its own address, its own 127.0.0.1) and its
+    own mount namespace with a fresh tmpfs on /tmp and its own HOME there.
 
-    It sees neither the driver's run directory (under /tmp) nor anything the driver's host keeps in /tmp or HOME;
-    it shares the network (127.0.0.1) and the installed code, as a teammate's machine would have its own copy.
+    It sees neither the driver's run directory (under /tmp) nor anything the driver's host keeps in /tmp or HOME,
+    and reaches the head only at its address on the private network; it shares the installed code, as a
+    teammate's machine would have its own copy.
     """
     script = 'mount -t tmpfs -o mode=1777 tmpfs /tmp && mkdir -p /tmp/home && HOME=/tmp/home exec "$@"'
-    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "machine", *command],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                             "machine", *command], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.mark.slow
 def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path, tiny_space):
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
-            pytest.fail("the separate-machines harness is required in CI, which runs as root (unshare --mount)")
-        pytest.skip("unshare --mount needs root")
+            pytest.fail("the separate-machines harness is required in CI, which runs as root (unshare --mount, ip netns)")
+        pytest.skip("unshare --mount and ip netns need root")
+    with private_network(2) as (host, machines):
+        _sweep_on_separate_machines(tmp_path, tiny_space, host, machines)
+
+
+def _sweep_on_separate_machines(tmp_path, tiny_space: list[str], host: str, machines: list[tuple[str, str]]) -> None:
     ray_tmp = tempfile.mkdtemp(prefix="nas-ray-")
     port = free_port()
-    address = f"127.0.0.1:{port}"
+    address = f"{host}:{port}"  # the head listens on the private network, as a cluster's head on its LAN
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "HOME": str(tmp_path)}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     common = ["--temp-dir", ray_tmp, "--block", "--disable-usage-stats", "--dashboard-agent-listen-port", "0"]
@@ -101,15 +108,15 @@ def test_sweep_on_a_head_without_cpus_and_two_separate_worker_machines(tmp_path,
     known: set[int] = set()
     logs = [tmp_path / f"machine-{i}.log" for i in (1, 2)]
     try:
-        procs.append(subprocess.Popen([*RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+        procs.append(subprocess.Popen([*RAY, "start", "--head", "--node-ip-address", host, "--port", str(port),
                                        "--include-dashboard", "false", "--num-cpus", "0", *common],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         head = alive_nodes(address, env, 1)
         assert len(head) == 1
-        for log_path in logs:
+        for log_path, (netns, ip) in zip(logs, machines):
             with log_path.open("w") as log:
-                procs.append(_machine([*RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                                       *common], env, log))
+                procs.append(_machine([*RAY, "start", "--address", address, "--node-ip-address", ip, "--num-cpus", "1", *common],
+                                      env, log, netns))
         nodes = alive_nodes(address, env, 3, timeout=180)
         assert len(nodes) == 3, [p.read_text()[-1500:] for p in logs]
         workers = set(nodes) - set(head)

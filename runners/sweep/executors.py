@@ -23,12 +23,13 @@ Evaluate = Callable[[NetworkSpec, TrainConfig], Any]  # -> a TrialRecord (or its
 class RayExecutor:
     """Trials as Ray tasks; pruning decisions through a ``PruneBoard`` actor."""
 
-    def __init__(self, config: SweepConfig, dataset: Any, backbone: NetworkSpec) -> None:
+    def __init__(self, config: SweepConfig, dataset: Any, backbone: NetworkSpec, *,
+                 task: Callable[..., TrialRecord] | None = None) -> None:
         import ray  # heavy: only a sweep that trials on Ray loads it
 
         self.ray, self.config, self.backbone = ray, config, backbone
         self.dataset_ref = ray.put(dataset)
-        self.remote = ray.remote(evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
+        self.remote = ray.remote(task or evaluate_trial).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0)
         self.board = ray.remote(PruneBoard).options(num_cpus=0).remote()  # progress always, pruning with asha
         self.run_dir = str(config.run_dir.resolve())
         share = f"{config.cpus_per_trial:g} CPU" + (f", {config.gpus_per_trial:g} GPU" if config.gpus_per_trial else "")
@@ -94,6 +95,16 @@ class LocalExecutor:
 
     def decide(self, number: int, epoch: int, prune: bool) -> None:
         pass
+
+
+def as_task(evaluate: Evaluate) -> Callable[..., TrialRecord]:
+    """``evaluate(spec, train_config)`` with the Ray task's signature (``evaluate_trial``'s): the driver measured through Ray."""
+
+    def task(spec: NetworkSpec, dataset: Any, train: TrainConfig, *_: Any) -> TrialRecord:
+        record = evaluate(spec, train)
+        return record if isinstance(record, TrialRecord) else TrialRecord.from_attrs(record)
+
+    return task
 
 
 @dataclass

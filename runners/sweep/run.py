@@ -42,7 +42,7 @@ from runners.preflight import check_resources, check_sweep
 from runners.ray_cluster import init_ray
 from runners.study import backbone_trial, best_scored, check_run_storage, quiet_optuna, rdb_storage, retried, sweep_counts
 from runners.sweep.driver import Driver
-from runners.sweep.executors import Evaluate, LocalExecutor, RayExecutor
+from runners.sweep.executors import Evaluate, LocalExecutor, RayExecutor, as_task
 from runners.sweep.ledger import Ledger
 from runners.sweep.liveness import Heartbeat, requeue_stale
 from runners.sweep.progress import Progress
@@ -54,15 +54,16 @@ Reward = Callable[[float, float, float], float]
 
 
 def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None, *, dataset: Dataset | None = None,
-              reward: Reward | None = None) -> dict[str, Any]:
+              reward: Reward | None = None, evaluate_on_ray: bool = False) -> dict[str, Any]:
     """Run (or resume, or join) the sweep described by ``config``; returns a summary dict.
 
     ``dataset`` (the Python API's user data) replaces loading ``config.data``, which then names it;
     ``reward`` (a function of A, S, P) replaces ``config.reward``'s, which then names it (``custom``).
 
     ``evaluate`` replaces the Ray workers by an in-process function ``(spec, train_config) -> record``
-    (a :class:`~nas.record.TrialRecord` as :func:`nas.evaluate.evaluate_candidate` returns it); Ray is then not started.
-    It exists to measure the driver itself (``bench/bench_driver.py``).
+    (a :class:`~nas.record.TrialRecord` as :func:`nas.evaluate.evaluate_candidate` returns it); Ray is then not started,
+    unless ``evaluate_on_ray``: then ``evaluate`` is the Ray task in place of training. It exists to measure the driver
+    itself (``bench/bench_driver.py``), alone or with Ray's round trips.
     """
     quiet_optuna()
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")  # we beat ourselves
@@ -75,7 +76,7 @@ def run_sweep(config: SweepConfig, evaluate: Evaluate | None = None, *, dataset:
     progress = Progress(config.n_trials, config.quiet, config.max_concurrent)
     recovered, name = [0], _driver_name()
     config, study, storage = _open(config, dataset, space, progress, recovered=recovered, driver=name)
-    executor, started_ray = _executor(config, dataset, space.backbone.with_classes(dataset.num_classes), evaluate)
+    executor, started_ray = _executor(config, dataset, space.backbone.with_classes(dataset.num_classes), evaluate, on_ray=evaluate_on_ray)
     startup_seconds = time.monotonic() - begin  # data, study, Ray start: before the first trial
     heartbeat = Heartbeat(storage, config.heartbeat_interval, progress.log)
     driver = Driver(config, study, Ledger(study, storage, config.max_retries), heartbeat, executor, space,
@@ -125,9 +126,10 @@ def _open(config: SweepConfig, dataset: Any, space: SearchSpace, progress: Progr
     return config, study, storage
 
 
-def _executor(config: SweepConfig, dataset: Any, backbone: Any, evaluate: Evaluate | None) -> tuple[RayExecutor | LocalExecutor, bool]:
-    """Ray workers (started or joined here; True when we started Ray), or ``evaluate`` in this process."""
-    if evaluate is not None:
+def _executor(config: SweepConfig, dataset: Any, backbone: Any, evaluate: Evaluate | None, *,
+              on_ray: bool = False) -> tuple[RayExecutor | LocalExecutor, bool]:
+    """Ray workers (started or joined here; True when we started Ray), or ``evaluate`` in this process (or on Ray)."""
+    if evaluate is not None and not on_ray:
         return LocalExecutor(evaluate), False
     started_ray = init_ray(config)
     import ray  # heavy: only when trials train
@@ -138,7 +140,7 @@ def _executor(config: SweepConfig, dataset: Any, backbone: Any, evaluate: Evalua
         if started_ray:
             ray.shutdown()
         raise
-    return RayExecutor(config, dataset, backbone), started_ray
+    return RayExecutor(config, dataset, backbone, task=as_task(evaluate) if evaluate is not None else None), started_ray
 
 
 def _summary(config: SweepConfig, study: optuna.Study, new_done: int, *, recovered: int, begin: float,
