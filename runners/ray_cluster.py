@@ -32,10 +32,17 @@ def init_ray(config: SweepConfig) -> bool:
     kwargs: dict[str, Any] = dict(include_dashboard=config.ray_dashboard, log_to_driver=False, logging_level="WARNING")
     main = threading.current_thread() is threading.main_thread()
     ours = signal.getsignal(signal.SIGTERM) if main else None
-    if config.address:
-        ray.init(address=config.address, **kwargs)
-    else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    try:
+        if config.address:
+            ray.init(address=config.address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
+    except SystemExit as exit_:  # SIGTERM while Ray starts: its handlers then exit (15, or 1 after stopping its node)
+        ray.shutdown()  # whatever of Ray had started
+        if main and callable(ours):
+            signal.signal(signal.SIGTERM, ours)
+            ours(signal.SIGTERM, None)  # ours: one line, exit 143
+        raise exit_
     if main and callable(ours):
         # ray.init replaces the SIGTERM handler (its local node kills itself and exits 1; its core worker adds a crash
         # dump that aborts): ours again, so SIGTERM stops the driver like Ctrl-C (the cleanup runs, exit 143)

@@ -83,6 +83,32 @@ def test_sigterm_stops_search_cleanly_and_the_next_run_recovers_the_trial(tmp_pa
     assert result.json()["complete"] == 1
 
 
+def _named(pids: set[int], name: str) -> set[int]:
+    found = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_while_ray_starts_is_a_clean_stop(tmp_path, tiny_space):
+    """Ray installs SIGTERM handlers of its own while ``ray.init`` runs (exit 15, or 1 once its node runs, no line)."""
+    err_file = tmp_path / "err.txt"
+    proc = _start(["search", "--name", "early", "--runs-dir", tmp_path, "--trials", "1", *tiny_space, "--quiet"], err_file)
+    deadline, gcs = time.monotonic() + 120, set()
+    while not gcs and proc.poll() is None and time.monotonic() < deadline:  # Ray's first process: ray.init has begun
+        gcs = _named(descendants({proc.pid}), "gcs_server")
+        time.sleep(0.02)
+    assert gcs, err_file.read_text()
+    code, err = _terminate(proc, err_file)
+    assert code == 143, err
+    assert [line for line in err.splitlines() if line.strip()] == ["nas search: terminated"]
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in gcs), 30, "Ray's processes stopped")
+
+
 def test_sigterm_stops_fidelity_cleanly(tmp_path, finished_sweep):
     run_dir = tmp_path / "shared"
     shutil.copytree(finished_sweep, run_dir)
