@@ -1,6 +1,6 @@
 """Proxy calibration benchmark (issue 24): which proxy setting ranks architectures like a long schedule, at what cost?
 
-1. a real sweep on a Fashion-MNIST subset (``--train`` images per class, seed 0) with the backbone yardstick:
+1. a real sweep on a Fashion-MNIST (or ``--data cifar10``) subset (``--train`` images per class, seed 0) with the backbone yardstick:
    ``--trials`` trials plus the backbone, proxy ``--epochs`` at ``--size`` px (the architectures to rank);
 2. ``nas calibrate`` on ``--k`` of them (the backbone and a spread): the long schedule (``--long-epochs`` at
    ``--long-size`` px, full training split) twice with two seeds (the noise ceiling), and the grid
@@ -8,6 +8,9 @@
    Kendall tau as a fraction of the ceiling per grid point and proxy score, the plot and the recommended setting.
 
     nice -n 10 python bench/bench_calibrate.py > bench/logs/calibrate.log 2>&1   # about 1-2 h on a 2-core CPU shared with other jobs
+    python bench/bench_calibrate.py --train 80 --val 150 --work /tmp/cal-val --out bench/calibration-val150
+    python bench/bench_calibrate.py --data cifar10 --train 80 --val 150 --grid-sizes 16,32 --long-size 32 \
+        --work /tmp/cal-cifar --out bench/calibration-cifar10
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import optuna  # noqa: E402
-from bench_search import nas, subset  # noqa: E402
+from bench_search import FASHION, nas, subset  # noqa: E402
+
+SOURCES = {"fashion": (FASHION, "Fashion-MNIST", "grey 28x28"), "cifar10": (str(Path(FASHION).parent / "cifar10" / "cifar-10-batches-py"), "CIFAR-10", "RGB 32x32")}
 
 
 def main() -> None:
@@ -36,6 +41,7 @@ def main() -> None:
                                                              "unless --val is given)")
     parser.add_argument("--val", type=int, default=None, help="validation images per class, besides --train: a validation set "
                                                             "large enough that the seed ceiling is not evaluation noise")
+    parser.add_argument("--data", choices=sorted(SOURCES), default="fashion", help="the data set the subset comes from")
     parser.add_argument("--trials", type=int, default=12, help="sweep trials (default 12)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--size", type=int, default=16)
@@ -56,15 +62,16 @@ def main() -> None:
     print(f"settings: {vars(args)}", flush=True)
     tmp = Path(args.work)  # kept (not a temporary directory): the sweep and the calibration resume from the study
     tmp.mkdir(parents=True, exist_ok=True)
-    data = Path(tmp) / "fashion-subset.npz"
+    source, title, pixels = SOURCES[args.data]
+    data = Path(tmp) / f"{args.data}-subset.npz"
     per_class = args.train + (args.val or 0)
     if not data.exists():
-        subset(data, per_class, 50)
+        subset(data, per_class, 50, source)
     fraction = args.val / per_class if args.val else 0.2  # the held-out share of the training split, as the sweep stores it
     config = Path(tmp) / "sweep.json"
     config.write_text(json.dumps({"train": {"validation_fraction": fraction}}))
-    print(f"data: Fashion-MNIST subset, {per_class * 10} images, {fraction:.0%} of them validation "
-          f"({round(per_class * 10 * fraction)} images), grey 28x28", flush=True)
+    print(f"data: {title} subset, {per_class * 10} images, {fraction:.0%} of them validation "
+          f"({round(per_class * 10 * fraction)} images), {pixels}", flush=True)
     sweep = nas("search", "--config", str(config), "--name", "bench", "--runs-dir", tmp, "--data", str(data), "--trials", str(args.trials),
                 "--concurrent", "2", "--sampler", "random", "--seed", "0", "--epochs", str(args.epochs),
                 "--image-size", str(args.size), "--timing-image-size", "32", "--timing-batch-size", "16", "--timing-steps", "3",

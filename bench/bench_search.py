@@ -39,9 +39,9 @@ from search_spaces.analytic import AnalyticObjective  # noqa: E402
 FASHION = "/work/shared/data/fashion-mnist"
 
 
-def subset(path: Path, per_class: int, test_per_class: int) -> None:
-    """A class-balanced random subset of Fashion-MNIST as an npz (seed 0)."""
-    data = load_dataset(FASHION)
+def subset(path: Path, per_class: int, test_per_class: int, source: str = FASHION) -> None:
+    """A class-balanced random subset of ``source`` (default Fashion-MNIST) as an npz (seed 0)."""
+    data = load_dataset(source)
     rng = np.random.default_rng(0)
 
     def pick(labels, count):

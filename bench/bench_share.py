@@ -6,14 +6,17 @@ default layout: on 2 cores, one trial at a time with 2 torch threads) on digits.
 1. one sweep alone (the baseline);
 2. two sweeps started at once, sharing the host's core slots (``nas/cores.py``, the default);
 3. the same two sweeps with a pool larger than their trainings need (``NAS_HOST_CORES=4 x cores``): no sharing;
-4. with ``--busy``: a sweep of one trial at a time (the backbone, then one trial) alone, then beside an unrelated
-   CPU job (one busy process per core, which takes no slot; measured: over 40x slower, so it is off by default).
+4. with ``--busy N``: a sweep of one trial at a time (the backbone, then one trial) alone, then beside an unrelated
+   CPU job of N busy processes (which take no slot) with ``NAS_HOST_CORES`` = the cores left to trials.
+   (Without that setting, beside a busy process per core, a trial was over 40x slower: not rerun.)
+``--no-pairs`` skips phases 2 and 3.
 
 A trial's time is its record's ``wall_seconds`` (training, timing and any wait for a core) and the
 same less ``core_wait_seconds`` (its own work). Prints each as the median over trials of its ratio to the same architecture in (1) or the lone sweep
 (every sweep has seed 0, so the same architectures).
 
     python bench/bench_share.py --trials 4 > bench/logs/share.log 2>&1   # about 30 min on a 2-core CPU
+    python bench/bench_share.py --no-pairs --busy 1 > bench/logs/share-busy.log 2>&1
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4, help="trials per sweep, besides its backbone (default 4)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--busy", action="store_true", help="also phase 4: a trial beside a busy process per core (very slow)")
+    parser.add_argument("--busy", type=int, default=0, help="phase 4: a trial beside N busy processes, NAS_HOST_CORES = cores - N")
+    parser.add_argument("--no-pairs", action="store_true", help="skip the two-sweep phases (2 and 3)")
     args = parser.parse_args()
     import ray
     import torch
@@ -92,17 +96,21 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; settings {vars(args)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        alone = sweeps(root / "alone", ["alone"], args.trials, args.epochs)
-        report("one sweep alone", alone, alone)
-        report("two sweeps at once, sharing the core slots", sweeps(root / "shared", ["a", "b"], args.trials, args.epochs), alone)
-        report("two sweeps at once, no sharing (a slot per training)",
-               sweeps(root / "unshared", ["a", "b"], args.trials, args.epochs, cores=4 * cpus), alone)
+        if not args.no_pairs:
+            alone = sweeps(root / "alone", ["alone"], args.trials, args.epochs)
+            report("one sweep alone", alone, alone)
+            report("two sweeps at once, sharing the core slots", sweeps(root / "shared", ["a", "b"], args.trials, args.epochs), alone)
+            report("two sweeps at once, no sharing (a slot per training)",
+                   sweeps(root / "unshared", ["a", "b"], args.trials, args.epochs, cores=4 * cpus), alone)
         if not args.busy:
             return
         lone = sweeps(root / "lone", ["lone"], 1, args.epochs, concurrent=1)  # the backbone, then one trial
-        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
+        report("one sweep alone, one trial at a time", lone, lone)
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
         try:
-            report("one trial beside an unrelated CPU job (a busy process per core)", sweeps(root / "busy", ["busy"], 1, args.epochs, concurrent=1), lone)
+            left = max(1, cpus - args.busy)
+            report(f"the same beside {args.busy} busy process(es), NAS_HOST_CORES={left}",
+                   sweeps(root / "busy", ["busy"], 1, args.epochs, cores=left, concurrent=1), lone)
         finally:
             for proc in busy:
                 proc.kill()
