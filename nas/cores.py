@@ -30,6 +30,7 @@ from nas.lock import lock_dir, open_lock_file
 
 CORES_ENV = "NAS_HOST_CORES"
 POLL_SECONDS = 0.5
+_thread_cap: int | None = None  # while a trainer holds core slots (thread_cap): the most torch threads it may run
 
 
 def host_cores() -> int:
@@ -90,3 +91,37 @@ def hold_cores(threads: int, *, directory: str | os.PathLike[str] | None = None,
     finally:
         for fd in fds:
             os.close(fd)  # closing drops the lock
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's intra-op threads to ``threads``, but never above the cap of an enclosing :func:`thread_cap`.
+
+    Every trainer sets its threads through this, so a training started inside a held slot block cannot
+    undo the cap (it did: 2 threads on the 1 slot held, spinning at each other's barriers, >18x slower).
+    """
+    import torch  # here: the slot pool itself needs no torch
+
+    torch.set_num_threads(max(1, min(threads, _thread_cap) if _thread_cap else threads))
+
+
+@contextlib.contextmanager
+def thread_cap(threads: int) -> Iterator[None]:
+    """At most ``threads`` torch threads inside the block (see :func:`use_threads`); the caller's threads restored after.
+
+    >>> import torch
+    >>> with thread_cap(1):
+    ...     use_threads(4)
+    ...     torch.get_num_threads()
+    1
+    """
+    global _thread_cap
+    import torch
+
+    before, outer = torch.get_num_threads(), _thread_cap
+    _thread_cap = max(1, min(threads, outer or threads))
+    torch.set_num_threads(min(before, _thread_cap))
+    try:
+        yield
+    finally:
+        _thread_cap = outer
+        torch.set_num_threads(before)

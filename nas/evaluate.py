@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nas.cores import hold_cores, host_cores
+from nas.cores import hold_cores, host_cores, thread_cap, use_threads
 from nas.data import Dataset, load_dataset
 from nas.lock import DeviceLock, device_id
 from nas.pipeline import DeviceData
@@ -96,7 +96,7 @@ def evaluate_candidate(
     begin = time.perf_counter()
     torch_device = pick_device(device)
     if train_config.threads:
-        torch.set_num_threads(train_config.threads)
+        use_threads(train_config.threads)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     dev_data, num_classes, data_name = device_data(data, train_config, torch_device)
@@ -141,11 +141,8 @@ def trainer_cores(device: torch.device, *, on_progress: ProgressCallback | None 
     with hold_cores(slots, pool=pool, on_wait=waiting) as waited:
         if waited and on_progress is not None:
             on_progress({"cores": "taken", "waited": waited})
-        torch.set_num_threads(slots)  # never more threads than slots held (NAS_HOST_CORES below the trial's threads)
-        try:
+        with thread_cap(slots):  # never more threads than slots held (NAS_HOST_CORES below the trial's threads)
             yield waited
-        finally:
-            torch.set_num_threads(threads)
 
 
 def _trained(result: Any, train_config: TrainConfig) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nas import checkpoint
+from nas.cores import use_threads
 from nas.data import Dataset
 from nas.io import atomic_write_json
 from nas.lock import DeviceLock, TrainerHold, trace_device_work
@@ -114,7 +115,7 @@ def train_progressive(spec: NetworkSpec, data: Dataset, config: ProgressiveConfi
     out.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
     if config.threads:
-        torch.set_num_threads(config.threads)
+        use_threads(config.threads)
     spec = spec.with_classes(data.num_classes)
     plan = schedule(config)
     data_dev = DeviceData(*data.split_validation(config.validation_fraction, seed=0), device=torch_device)

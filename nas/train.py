@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.cores import use_threads
 from nas.data import Dataset
 from nas.errors import InputError, check_ints, check_number
 from nas.lock import DeviceLock, TrainerHold, trace_device_work
@@ -192,7 +193,7 @@ def train_proxy(spec: NetworkSpec, data: Dataset | DeviceData, config: TrainConf
     A non-finite loss or a CUDA out-of-memory error ends the run with ``failure`` set.
     """
     if config.threads:
-        torch.set_num_threads(config.threads)
+        use_threads(config.threads)
     if isinstance(data, Dataset):
         data = DeviceData(*data.split_validation(config.validation_fraction, seed=0), device=pick_device(device and str(device)))
     device = data.device

@@ -93,10 +93,18 @@ def test_two_sweeps_on_one_host_share_its_cores(tmp_path, tiny_space):
 
 
 def test_a_trainer_never_runs_more_threads_than_the_slots_it_holds(tmp_path, monkeypatch):
-    """NAS_HOST_CORES=1 (a core left to other work): a 2-thread trial trains on one thread, and gets its threads back after."""
+    """NAS_HOST_CORES=1 (a core left to other work): a 2-thread trial trains on one thread, and gets its threads back after.
+
+    Through the real trial (evaluate_candidate -> train_proxy, which sets its configured threads): before
+    the cap, training set 2 threads again inside the 1 slot held; beside a busy process the two threads spun
+    at each other's barriers on one core (>18x slower, bench/bench_share.py --busy 1).
+    """
     import torch
 
-    from nas.evaluate import trainer_cores
+    from nas.evaluate import evaluate_candidate, trainer_cores
+    from nas.timing import TimingConfig
+    from nas.train import TrainConfig
+    from nas.zoo import get
 
     monkeypatch.setenv("NAS_LOCK_DIR", str(tmp_path))
     monkeypatch.setenv("NAS_HOST_CORES", "1")
@@ -105,6 +113,13 @@ def test_a_trainer_never_runs_more_threads_than_the_slots_it_holds(tmp_path, mon
     try:
         with trainer_cores(torch.device("cpu")):
             assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        seen: list[int] = []
+        record = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", TrainConfig(epochs=2, image_size=16, threads=2),
+                                    timing_config=TimingConfig(batch_size=4, image_size=16, warmup=1, steps=3),
+                                    on_epoch=lambda epoch, metrics: seen.append(torch.get_num_threads()))
+        assert record.status == "ok", record.failure_reason
+        assert seen == [1, 1], f"threads while training on the 1 slot held: {seen}"
         assert torch.get_num_threads() == 2
         monkeypatch.setenv("NAS_HOST_CORES", "4")
         with trainer_cores(torch.device("cpu")):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,26 +21,23 @@ FAST = ["--epochs", "2", "--image-size", "16", "--timing-image-size", "32", "--t
 Complete = optuna.trial.TrialState.COMPLETE
 
 
-def test_sweep_six_trials_two_concurrent(tmp_path, small_space):
-    result = run_nas("search", "--name", "e2e", "--runs-dir", tmp_path, "--trials", "6", "--concurrent", "2", "--sampler", "random",
-                     *small_space, *FAST, "--json")
-    assert result.code == 0, result.err
-    summary = result.json()
-    assert summary["complete"] == 6 and summary["failed"] == 0
-    assert "done" in result.err and "best reward" in result.err  # progress on stderr
-    run = open_run(tmp_path / "e2e")
-    finished = run.finished()
-    assert len(finished) == 6
-    for trial in finished:
+def test_a_sweep_stores_every_metric_of_every_trial(finished_sweep):
+    """The shared sweep (``conftest.finished_sweep``: 5 trials, 2 at a time, after the backbone) as it is stored."""
+    run = open_run(finished_sweep)
+    scored, every = scored_trials(run.study), run.study.trials
+    assert len(scored) == 5 and len(every) == 6 and all(t.state == Complete for t in every)  # + the backbone, 0 FAIL
+    for trial in every:
         for key in ("accuracy", "step_time_ms", "normalized_step_time", "params", "normalized_params", "reward", "spec",
                     "spec_key", "curve", "device", "seed", "peak_memory_mb"):
             assert key in trial.user_attrs, key
+    for trial in scored:  # the backbone's value is -inf (never the best), its reward in its record
         assert trial.value == pytest.approx(trial.user_attrs["reward"])
-    best = max(finished, key=lambda t: t.value)
-    assert summary["best_trial"] == best.number
+    best = max(scored, key=lambda t: t.value)
+    out = (finished_sweep.parent / "search.stdout").read_text()
+    assert re.search(rf"best trial {best.number}: ", out), out  # the summary names the best trial
     model = build(trial_spec(best))
     assert sum(p.numel() for p in model.parameters()) == best.user_attrs["params"]
-    assert len({t.user_attrs["seed"] for t in finished}) == 6
+    assert len({t.user_attrs["seed"] for t in scored}) == 5
 
 
 def test_failing_evaluation_is_stored_fail_and_sweep_completes(tmp_path):

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from nas.cores import use_threads
 from nas.data import load_dataset
 from nas.evaluate import train_subset_size, trainer_cores
 from nas.pipeline import DeviceData
@@ -34,7 +35,7 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
     """
     config = TrainConfig(**train_json)
     on_progress = poster(*progress) if progress is not None else None
-    torch.set_num_threads(max(1, config.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
+    use_threads(max(1, config.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
     cpu_begin = time.process_time()
     try:
         images, labels, val_images, val_labels = dataset.split_validation(config.validation_fraction, seed=0)

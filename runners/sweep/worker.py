@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import torch
 
+from nas.cores import use_threads
 from nas.data import Dataset
 from nas.evaluate import evaluate_candidate
 from nas.record import TrialRecord
@@ -123,7 +124,7 @@ def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timi
     """
     import ray
 
-    torch.set_num_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
+    use_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
     on_epoch = _ask_driver(*board, train.epochs, prune) if board is not None else None
     on_progress = poster(*board) if board is not None else None
     node = ray.get_runtime_context().get_node_id()
