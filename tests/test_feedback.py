@@ -178,7 +178,8 @@ def test_a_real_long_train_warns_within_seconds(tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "train", "efficientnetv2-b0", "--data", "digits", "--epochs", "50",
                              "--max-image-size", "128", "--min-image-size", "128", "--threads", "1", "--out", str(tmp_path / "out")],
-                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ})
+                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell's `cmd &` ignores Ctrl-C
     try:
         lines = []
         for line in proc.stderr:
