@@ -67,6 +67,18 @@ def _row(trial, proxy_accuracy, accuracy, proxy_reward, reward, replica):
             "reward": reward, "replica_accuracy": replica, "scores": {"accuracy": proxy_accuracy}}
 
 
+def test_a_retraining_lost_with_its_worker_is_retrained_by_the_next_run():
+    """Resuming retrains what has no result of this schedule, and what its node lost; a training's own failure stays."""
+    from runners.analysis.retrain import LOST_WORKER
+
+    schedule = {"epochs": 8, "image_size": 28, "data_fraction": 1.0}
+    done = {1: {"schedule": schedule, "status": "ok"},
+            2: {"schedule": schedule, "status": "failed", "failure_reason": f"{LOST_WORKER}: WorkerCrashedError: died"},
+            3: {"schedule": schedule, "status": "failed", "failure_reason": "non-finite loss at epoch 2"},
+            4: {"schedule": {**schedule, "epochs": 4}, "status": "ok"}}
+    assert fidelity.to_retrain(done, [1, 2, 3, 4, 5], schedule) == [2, 4, 5]
+
+
 def test_audit_of_planted_rows_with_a_tie_and_a_constant_side():
     rows = [_row(0, 0.50, 0.80, 0.50, 0.80, 0.78), _row(1, 0.60, 0.85, 0.62, 0.79, 0.91),  # trial 0: the backbone
             _row(2, 0.60, 0.70, 0.55, 0.75, 0.72), _row(3, 0.70, 0.90, 0.70, 0.78, 0.88)]  # trials 1 and 2 tie in proxy accuracy

@@ -30,7 +30,7 @@ from scipy import stats
 from nas.errors import InputError
 from nas.record import TrialRecord, record_of
 from nas.scores import SCORES, proxy_scores
-from runners.analysis.retrain import Job, run_jobs
+from runners.analysis.retrain import Job, lost_worker, run_jobs
 from runners.study import Run, backbone_trial, scored_trials
 
 PREFIX = "fidelity:"
@@ -170,6 +170,16 @@ def pick_trials(run: Run, count: int) -> list[optuna.trial.FrozenTrial]:
     return ([base] if base is not None else []) + chosen
 
 
+def to_retrain(done: dict[int, dict[str, Any]], numbers: list[int], schedule: dict[str, Any]) -> list[int]:
+    """The trials of ``numbers`` without a stored result of ``schedule``; one lost with its worker counts as none.
+
+    >>> to_retrain({1: {"schedule": {"epochs": 4}}, 2: {"schedule": {"epochs": 4}, "failure_reason": "worker lost: ..."}},
+    ...            [1, 2, 3], {"epochs": 4})
+    [2, 3]
+    """
+    return [n for n in numbers if done.get(n, {}).get("schedule") != schedule or lost_worker(done[n])]
+
+
 def stored(run: Run) -> dict[int, dict[str, Any]]:
     """Fidelity results already in the study, by trial number."""
     return stored_results(run.study)
@@ -191,9 +201,10 @@ def run_fidelity(run: Run, config: FidelityConfig, quiet: bool = False) -> dict[
     threads = max(1, int(run.config.cpus_per_trial))
     train = replace(run.config.train, epochs=config.epochs, image_size=config.image_size, threads=threads,
                     data_fraction=float(config.data_fraction))
+    wanted = {prefix: set(to_retrain(done, [trial.number for trial in picked], config.schedule())) for prefix, done, _ in stores}
     jobs = [Job((prefix, trial), record_of(trial).spec, asdict(replace(train, seed=_seed(trial, train) + offset)), config.data_fraction,
                 label=f"fidelity: trial {trial.number}{' (second seed)' if prefix == REPLICA_PREFIX else ''}")
-            for prefix, done, offset in stores for trial in picked if done.get(trial.number, {}).get("schedule") != config.schedule()]
+            for prefix, _, offset in stores for trial in picked if trial.number in wanted[prefix]]
     log(f"fidelity: {len(picked)} trials picked{' (long schedule twice: the seed ceiling)' if config.ceiling else ''}, "
         f"{len(picked) * len(stores) - len(jobs)} retrainings already done with this schedule, {len(jobs)} to go")
     reward = run.config.reward_function()

@@ -25,6 +25,12 @@ from runners.ray_cluster import Mailbox, core_wait_text, init_ray, poster
 from runners.study import Run
 
 PROGRESS_SECONDS = 5.0  # a line per running retraining at most this often
+LOST_WORKER = "worker lost"  # a failure that is not the architecture's (its node died): the next run retrains it
+
+
+def lost_worker(attrs: dict[str, Any]) -> bool:
+    """Whether a stored retraining failed because its worker was lost, not because of its training."""
+    return str(TrialRecord.from_attrs(attrs).failure_reason or "").startswith(LOST_WORKER)
 
 
 def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: float, use_gpu: bool,
@@ -91,7 +97,7 @@ def run_jobs(run: Run, jobs: list[Job], concurrent: int, done: Any, log: Any) ->
             try:
                 record = ray.get(ready[0])
             except Exception as error:  # a lost worker
-                record = TrialRecord(failure_reason=f"worker lost: {type(error).__name__}: {str(error)[:300]}")
+                record = TrialRecord(failure_reason=f"{LOST_WORKER}: {type(error).__name__}: {str(error)[:300]}")
             done(job, record)
             log(f"  [{len(jobs) - len(queue) - len(in_flight)}/{len(jobs)}, {time.monotonic() - begin:.0f} s]")
     finally:
