@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from nas.errors import InputError
-from runners.analysis.calibrate import CalibrationConfig, choose, cost_of, frontier, key_of, snippet, table_rows
+from runners.analysis.calibrate import CalibrationConfig, choose, cost_of, frontier, grid_to_go, key_of, snippet, table_rows
 from runners.config import resolve_config
 
 
@@ -35,6 +35,17 @@ def test_calibration_picks_the_cheapest_setting_reaching_the_target():
     assert choose(PLANTED, 0.9, scores=("sotl",))["cost"] == 1.0
     assert cost_of({"cpu_seconds": 3.0, "train_seconds": 2.0}) == 3.0  # CPU seconds on a CPU worker
     assert cost_of({"cpu_seconds": 3.0, "train_seconds": 2.0, "device_type": "cuda"}) == 2.0  # GPU seconds on a GPU worker
+
+
+def test_a_rerun_trains_only_grid_points_without_a_standing_result():
+    """Missing or lost with its worker: trained again; ok or the training's own failure: stands (nothing trains twice)."""
+    from runners.analysis.retrain import LOST_WORKER
+
+    config = CalibrationConfig(epochs=(1,), image_sizes=(16,), data_fractions=(0.5, 1.0))
+    half, full = config.grid()
+    stored = {key_of(1, half): {"status": "ok"}, key_of(1, full): {"status": "failed", "failure_reason": "non-finite loss at epoch 1"},
+              key_of(2, half): {"status": "failed", "failure_reason": f"{LOST_WORKER}: WorkerCrashedError: died"}}
+    assert grid_to_go(stored, config, [1, 2]) == [(2, half), (2, full)]
 
 
 def test_table_rows_of_planted_trainings_with_a_tie_and_a_constant_score():

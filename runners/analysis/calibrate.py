@@ -38,7 +38,7 @@ from runners.analysis.fidelity import (
     score_table,
     stored_results,
 )
-from runners.analysis.retrain import Job, run_jobs
+from runners.analysis.retrain import Job, run_jobs, settled
 from runners.study import Run
 
 PREFIX = "calibration:"
@@ -91,19 +91,25 @@ def cost_of(stored: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def grid_to_go(stored: dict[str, Any], config: CalibrationConfig, numbers: list[int]) -> list[tuple[int, dict[str, Any]]]:
+    """The (trial, grid point) pairs without a stored training; one lost with its worker counts as none (fidelity's rule).
+
+    >>> config = CalibrationConfig(epochs=(1,), image_sizes=(16,), data_fractions=(1.0,))
+    >>> grid_to_go({"calibration:1:1:16:1": {"status": "ok"}}, config, [1, 2])
+    [(2, {'epochs': 1, 'image_size': 16, 'data_fraction': 1.0})]
+    """
+    return [(number, setting) for setting in config.grid() for number in numbers if not settled(stored.get(key_of(number, setting)))]
+
+
 def train_grid(run: Run, config: CalibrationConfig, numbers: list[int], log: Any) -> None:
     """Train every (picked trial, grid point) not stored yet, storing each record in the study."""
     threads = max(1, int(run.config.cpus_per_trial))
     trials = {t.number: t for t in pick_trials(run, config.trials)}
     jobs = []
-    for setting in config.grid():
-        for number in numbers:
-            if TrialRecord.from_attrs(run.study.user_attrs.get(key_of(number, setting), {})).ok:
-                continue
-            trial = trials[number]
-            seed = record_of(trial).seed
-            train = replace(run.config.train, threads=threads, seed=run.config.train.seed if seed is None else seed, **setting)
-            jobs.append(Job((number, setting), record_of(trial).spec, asdict(train), setting["data_fraction"], label=f"calibrate: trial {number}"))
+    for number, setting in grid_to_go(run.study.user_attrs, config, numbers):
+        seed = record_of(trials[number]).seed
+        train = replace(run.config.train, threads=threads, seed=run.config.train.seed if seed is None else seed, **setting)
+        jobs.append(Job((number, setting), record_of(trials[number]).spec, asdict(train), setting["data_fraction"], label=f"calibrate: trial {number}"))
     log(f"calibrate: {len(config.grid())} proxy settings x {len(numbers)} trials, {len(jobs)} trainings to go")
 
     def done(job: Job, record: TrialRecord) -> None:

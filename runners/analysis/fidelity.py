@@ -30,7 +30,7 @@ from scipy import stats
 from nas.errors import InputError
 from nas.record import TrialRecord, record_of
 from nas.scores import SCORES, proxy_scores
-from runners.analysis.retrain import Job, lost_worker, run_jobs
+from runners.analysis.retrain import Job, run_jobs, settled
 from runners.study import Run, backbone_trial, scored_trials
 
 PREFIX = "fidelity:"
@@ -177,7 +177,7 @@ def to_retrain(done: dict[int, dict[str, Any]], numbers: list[int], schedule: di
     ...            [1, 2, 3], {"epochs": 4})
     [2, 3]
     """
-    return [n for n in numbers if done.get(n, {}).get("schedule") != schedule or lost_worker(done[n])]
+    return [n for n in numbers if done.get(n, {}).get("schedule") != schedule or not settled(done[n])]
 
 
 def stored(run: Run) -> dict[int, dict[str, Any]]:

@@ -33,6 +33,11 @@ def lost_worker(attrs: dict[str, Any]) -> bool:
     return str(TrialRecord.from_attrs(attrs).failure_reason or "").startswith(LOST_WORKER)
 
 
+def settled(attrs: dict[str, Any] | None) -> bool:
+    """Whether a stored retraining stands: it exists, and did not fail with its worker (its own failure stands: nothing trains twice)."""
+    return bool(attrs) and not lost_worker(attrs)
+
+
 def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: float, use_gpu: bool,
             progress: tuple[Any, int] | None = None) -> TrialRecord:
     """Runs inside a Ray worker: train ``spec`` with the given schedule; never raises (failures become records).
