@@ -62,16 +62,17 @@ def test_table_rows_of_planted_trainings_with_a_tie_and_a_constant_score():
     config = CalibrationConfig(trials=4, epochs=(1,), image_sizes=(16,), data_fractions=(0.5,))
     audit = {"trials": [{"trial": n, "accuracy": long[n]} for n in range(4)], "ceiling": {"kendall_tau": 0.5}}
     table = {r["score"]: r for r in table_rows(SimpleNamespace(study=study), config, audit)}
-    assert set(table) == {"accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last"}
+    assert set(table) == {"accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last", "train_likelihood"}
     assert all(r["setting"] == setting and r["cost"] == 3.0 and r["relative_cost"] == 0.25 and r["trials"] == 4 for r in table.values())
     # proxy accuracy: (1,2) discordant, (1,3) tied in the proxy only, 4 concordant: tau-b = (4 - 1) / sqrt(6 * 5)
     for name in ("accuracy", "best_accuracy"):  # one epoch: the best is the last
         assert table[name]["kendall_tau"] == pytest.approx(3 / math.sqrt(30))
         assert table[name]["fraction_of_ceiling"] == pytest.approx(3 / math.sqrt(30) / 0.5)
-    for name in ("sotl", "sotl_last"):  # one swap of six pairs, (1,2): (5 - 1) / 6
+    for name in ("sotl", "sotl_last", "train_likelihood"):  # one swap of six pairs, (1,2): (5 - 1) / 6
         assert table[name]["kendall_tau"] == pytest.approx(2 / 3) and table[name]["fraction_of_ceiling"] == pytest.approx(4 / 3)
     assert table["val_loss"]["kendall_tau"] is None and table["val_loss"]["fraction_of_ceiling"] is None  # constant: no tau, still a row
-    assert choose(list(table.values()), 1.2) is None  # only sotl (1.33 of the ceiling) reaches it, and sotl cannot be A
+    assert choose(list(table.values()), 1.2, scores=("accuracy", "best_accuracy")) is None  # only the training-loss scores reach it
+    assert choose(list(table.values()), 1.2)["score"] == "train_likelihood"  # sotl's ranking, in a form the sweep takes as A
 
 
 def test_recommended_snippet_is_a_sweep_config(tmp_path):

@@ -9,6 +9,7 @@ from scipy import stats
 
 from nas.errors import InputError
 from nas.record import BACKBONE_ROLE
+from nas.scores import SCORES
 from nas.spec import NetworkSpec
 from runners.analysis import fidelity
 from runners.analysis.fidelity import (
@@ -97,7 +98,8 @@ def test_audit_of_planted_rows_with_a_tie_and_a_constant_side():
     assert audit["ceiling"]["kendall_tau"] == pytest.approx(2 / 3) and audit["ceiling"]["trials"] == 4
     score = audit["scores"]["accuracy"]
     assert score["kendall_tau"] == pytest.approx(3 / math.sqrt(30)) and score["fraction_of_ceiling"] == pytest.approx(3 / math.sqrt(30) / (2 / 3))
-    assert {name for name, row in audit["scores"].items() if row is None} == {"best_accuracy", "val_loss", "sotl", "sotl_last"}
+    assert {name for name, row in audit["scores"].items() if row is None} == {"best_accuracy", "val_loss", "sotl", "sotl_last",
+                                                                                 "train_likelihood"}
 
     flat = fidelity.audit_rows([{**r, "accuracy": 0.8, "reward": 0.8} for r in rows])  # the long schedule ties every trial
     assert (flat["kendall_tau_accuracy"], flat["spearman_accuracy"], flat["kendall_tau_reward"], flat["spearman_reward"]) == (None,) * 4
@@ -121,8 +123,10 @@ def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
     assert record.accuracy == max(e["val_accuracy"] for e in curve) and record.final_accuracy == curve[-1]["val_accuracy"]
     scores = proxy_scores(record)
     assert scores == {"accuracy": curve[-1]["val_accuracy"], "best_accuracy": record.accuracy, "val_loss": -curve[-1]["val_loss"],
-                      "sotl": -(curve[0]["train_loss"] + curve[1]["train_loss"]), "sotl_last": -curve[-1]["train_loss"]}
-    assert proxy_scores({"accuracy": 0.5}) == {"accuracy": 0.5, "best_accuracy": None, "val_loss": None, "sotl": None, "sotl_last": None}
+                      "sotl": -(curve[0]["train_loss"] + curve[1]["train_loss"]), "sotl_last": -curve[-1]["train_loss"],
+                      "train_likelihood": pytest.approx(math.exp(-(curve[0]["train_loss"] + curve[1]["train_loss"]) / 2))}
+    assert proxy_scores({"accuracy": 0.5}) == {"accuracy": 0.5, "best_accuracy": None, "val_loss": None, "sotl": None, "sotl_last": None,
+                                               "train_likelihood": None}
     with pytest.raises(InputError, match="score"):
         TrainConfig(score="sotl")  # not accuracy-like: cannot be A in the reward
     with pytest.raises(InputError, match="data_fraction"):
@@ -197,7 +201,7 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     replicas = {int(k[len(REPLICA_PREFIX):]): v for k, v in run.study.user_attrs.items() if k.startswith(REPLICA_PREFIX)}
     assert sorted(replicas) == sorted(numbers)  # the long schedule a second time, another seed: the ceiling
     assert all(replicas[n]["seed"] == stored[n]["seed"] + 1 and replicas[n]["schedule"] == stored[n]["schedule"] for n in numbers)
-    assert audit["ceiling"]["trials"] == 3 and set(audit["scores"]) == {"accuracy", "best_accuracy", "val_loss", "sotl", "sotl_last"}
+    assert audit["ceiling"]["trials"] == 3 and set(audit["scores"]) == set(SCORES)
     assert "seed ceiling: Kendall tau" in fidelity.summary_text(audit) and "score sotl " in fidelity.summary_text(audit)
 
     again = run_nas("fidelity", tmp_path / "fid", "--trials", "3", "--epochs", "2", "--json")  # resumable: nothing retrained

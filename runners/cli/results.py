@@ -44,7 +44,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--beta", type=finite_float, help=f"constrained: exponent when it is not (default {CONSTRAINED['beta']})")
     p.add_argument("--top", type=positive_int, default=10, help="rows to print (default 10)")
     p.add_argument("--score", default="accuracy", help="proxy score from each trial's curve: accuracy (final, default), "
-                   "best_accuracy (A in the reward), val_loss, sotl, sotl_last (rank by the score itself)")
+                   "best_accuracy, train_likelihood (A in the reward), val_loss, sotl, sotl_last (rank by the score itself)")
     run_options(p)
     p.set_defaults(func=cmd_rescore)
 
