@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from dataclasses import replace
 
 import pytest
 from scipy import stats
@@ -127,6 +128,9 @@ def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
                       "train_likelihood": pytest.approx(math.exp(-(curve[0]["train_loss"] + curve[1]["train_loss"]) / 2))}
     assert proxy_scores({"accuracy": 0.5}) == {"accuracy": 0.5, "best_accuracy": None, "val_loss": None, "sotl": None, "sotl_last": None,
                                                "train_likelihood": None}
+    by_loss = evaluate_candidate(get("efficientnetv2-b0", 10), "digits", replace(config, score="train_likelihood"),
+                                 timing_config=TimingConfig(batch_size=4, image_size=32, warmup=1, steps=3), lock=False)
+    assert by_loss.accuracy == pytest.approx(math.exp(sum(-e["train_loss"] for e in by_loss.curve) / 2))  # sotl's ranking as A
     with pytest.raises(InputError, match="score"):
         TrainConfig(score="sotl")  # not accuracy-like: cannot be A in the reward
     with pytest.raises(InputError, match="data_fraction"):
