@@ -227,10 +227,10 @@ def summary_text(result: dict[str, Any]) -> str:
     ceiling = result["ceiling"]
     lines = [f"calibration of {result['run_dir']} on {len(result['trials'])} architectures; long schedule {result['long_schedule']}",
              f"seed ceiling: Kendall tau {ceiling['kendall_tau']:.3f} [{ceiling['interval'][0]:.2f}, {ceiling['interval'][1]:.2f}]",
-             f"{'epochs':>6} {'px':>4} {'data':>5} {'score':<14} {'CPU s':>8} {'x long':>7} {'tau':>6} {'of ceil':>7}"]
+             f"{'epochs':>6} {'px':>4} {'data':>5} {'score':<16} {'CPU s':>8} {'x long':>7} {'tau':>6} {'of ceil':>7}"]
     for r in result["table"]:
         s, fraction = r["setting"], r["fraction_of_ceiling"]
-        lines.append(f"{s['epochs']:>6} {s['image_size']:>4} {s['data_fraction']:>5.2f} {r['score']:<14} {r['cost']:>8.1f} "
+        lines.append(f"{s['epochs']:>6} {s['image_size']:>4} {s['data_fraction']:>5.2f} {r['score']:<16} {r['cost']:>8.1f} "
                      f"{r['relative_cost'] or 0:>7.3f} {r['kendall_tau'] if r['kendall_tau'] is not None else float('nan'):>6.3f} "
                      f"{fraction if fraction is not None else float('nan'):>7.2f}")
     if not result.get("ceiling_reliable", True):

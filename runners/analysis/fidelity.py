@@ -314,7 +314,7 @@ def score_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"  warning: {UNRELIABLE}")
     for name, row in (result.get("scores") or {}).items():
         if row:
-            lines.append(f"score {name:<13} tau {number(row['kendall_tau'])}{interval(row['interval'])}, Spearman "
+            lines.append(f"score {name:<16} tau {number(row['kendall_tau'])}{interval(row['interval'])}, Spearman "
                          f"{number(row['spearman'])}, top-{result['top_k']} overlap {number(row['top_k_overlap'])}, "
                          f"{number(row['fraction_of_ceiling'])} of the ceiling")
     return lines
