@@ -61,6 +61,19 @@ def proxy_scores(record: TrialRecord | Mapping[str, Any]) -> dict[str, float | N
     }
 
 
+A_NAMES = {"accuracy": "validation accuracy", "best_accuracy": "best validation accuracy",
+           "train_likelihood": "train likelihood, exp(-mean training loss)"}
+
+
+def a_label(score: str = "accuracy") -> str:
+    """A's name in plots and tables: what ``train.score`` made it.
+
+    >>> a_label(), a_label("train_likelihood")
+    ('A (validation accuracy)', 'A (train likelihood, exp(-mean training loss))')
+    """
+    return f"A ({A_NAMES.get(score, score)})"
+
+
 def check_score(name: str, allowed: tuple[str, ...] = SCORES, field: str = "score") -> str:
     """``name`` if it is one of ``allowed``, else the project's one-line InputError naming ``field``."""
     if name not in allowed:

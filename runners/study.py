@@ -296,6 +296,11 @@ def _has_metrics(trial: optuna.trial.FrozenTrial) -> bool:
     return record.reward is not None and record.normalized_step_time is not None
 
 
+def study_score(study: optuna.Study) -> str:
+    """The proxy score that is A in this study's records (its stored ``train.score``; older studies: accuracy)."""
+    return ((study.user_attrs.get("search") or {}).get("train") or {}).get("score") or "accuracy"
+
+
 def scored_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Finished search trials with a reward and raw metrics: not failed, pruned, running, nor the backbone yardstick."""
     trials = study.get_trials(deepcopy=False)

@@ -97,7 +97,7 @@ def test_dashboard_in_chromium(finished_sweep, tmp_path):
             _shot(page, tmp_path, "dashboard-study-note")
             # the driver's custom figures (save_plotly_graph_object), drawn by plotly.js on the study page
             page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{run.study._study_id}")
-            for graph_id, title in (("nas-summary", "NAS summary"), ("nas-a-vs-s", "accuracy A vs training step time S"),
+            for graph_id, title in (("nas-summary", "NAS summary"), ("nas-a-vs-s", "A (validation accuracy) vs training step time S"),
                                     ("nas-reward", "reward over trials"), ("nas-parallel", "A, S, P and reward"),
                                     ("nas-choices", "choices per stage")):
                 page.locator(f'[id="user-defined-plot:{graph_id}"] .main-svg').first.wait_for(timeout=30_000)
@@ -155,3 +155,28 @@ def test_report_missing_run_dir(tmp_path):
 def test_chromium_available_in_ci():
     if os.environ.get("CI") == "true":
         assert shutil.which("chromium") or os.path.exists(CHROMIUM)
+
+
+def test_a_is_named_after_the_score_the_sweep_chose():
+    """With ``train.score: train_likelihood``, A is a training likelihood: the trial notes, figures and report call it that."""
+    import optuna
+
+    from nas.record import TrialRecord
+    from nas.scores import a_label
+    from nas.zoo import get
+    from runners.analysis.dashboard import trial_note
+    from runners.analysis.figures import figure_a_vs_s, figure_parallel
+    from runners.study import study_score
+
+    study = optuna.create_study()
+    assert study_score(study) == "accuracy"  # a study stored before train.score existed
+    study.set_user_attr("search", {"train": {"score": "train_likelihood"}})
+    label = a_label(study_score(study))
+    assert label == "A (train likelihood, exp(-mean training loss))"
+    record = TrialRecord(status="ok", spec=get("efficientnetv2-b0", 10).to_dict(), accuracy=0.14, normalized_step_time=1.0, normalized_params=1.0, reward=0.14,
+                         step_time_ms=10.0, params=1000)
+    note = trial_note(1, record, {"name": "accuracy"}, label=label)
+    assert f"| {label} |" in note and "validation accuracy" not in note
+    assert figure_a_vs_s([], None, label).layout.yaxis.title.text == label
+    assert figure_parallel([], None, label).data[0].dimensions[0].label == label
+

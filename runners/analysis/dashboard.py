@@ -20,12 +20,13 @@ import optuna
 
 from nas.errors import InputError
 from nas.record import DIRECTIONS, TrialRecord, record_of
+from nas.scores import a_label
 from nas.spec import NetworkSpec
 from rewards import pareto_front
 from runners.analysis.fidelity import audit_rows, score_lines
 from runners.analysis.figures import fidelity_rows, refresh_figures
 from runners.analysis.report import reward_formula
-from runners.study import Run, backbone_trial, best_scored, open_run, scored_trials, stage_table_markdown
+from runners.study import Run, backbone_trial, best_scored, open_run, scored_trials, stage_table_markdown, study_score
 from runners.yardstick import against_backbone, compare, markdown, verdict
 
 MARK = "nas_note_written"  # study system attribute prefix: trial N has its note
@@ -43,7 +44,7 @@ BACKBONE_NOTE = ("The backbone, evaluated through the same proxy as every trial:
                  "its user attribute `reward`.\n\n")
 
 
-def trial_note(number: int, record: TrialRecord, reward_config: dict[str, Any], backbone: bool = False) -> str:
+def trial_note(number: int, record: TrialRecord, reward_config: dict[str, Any], backbone: bool = False, label: str = a_label()) -> str:
     """Markdown for one trial (or the backbone yardstick): metrics and the stage table."""
     spec = NetworkSpec.from_dict(record.spec)
     reused = f"\n\nReused the record of trial {record.reused_from} (same architecture)." if record.reused_from is not None else ""
@@ -52,7 +53,7 @@ def trial_note(number: int, record: TrialRecord, reward_config: dict[str, Any], 
     a, s, p = record.asp
     return (
         title +
-        f"| A (accuracy) | S (norm. step time) | step time | P (norm. params) | params | reward |\n|---|---|---|---|---|---|\n"
+        f"| {label} | S (norm. step time) | step time | P (norm. params) | params | reward |\n|---|---|---|---|---|---|\n"
         f"| {a:.4f} | {s:.3f} | {record.step_time_ms:.1f} ms | {p:.3f} | {record.params:,} | {record.reward:.4f} |\n\n"
         f"Reward: {reward_formula(reward_config)}; data {record.data}; device {record.device}.\n\n"
         f"### Stage table\n\n{stage_table_markdown(spec)}\n\n`{record.spec_key}`{reused}\n"
@@ -65,7 +66,8 @@ def annotate_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, st
     from optuna_dashboard import save_note
 
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-    save_note(optuna.Trial(study, trial_id), trial_note(trial.number, record_of(trial), reward_config, backbone))
+    note = trial_note(trial.number, record_of(trial), reward_config, backbone, label=a_label(study_score(study)))
+    save_note(optuna.Trial(study, trial_id), note)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial-{trial.number}-spec.json"
         path.write_text(json.dumps(record_of(trial).spec, indent=2))

@@ -11,8 +11,9 @@ from typing import Any
 import optuna
 
 from nas.record import record_of
+from nas.scores import a_label
 from runners.analysis.fidelity import latest_rows, stored_results
-from runners.study import backbone_trial, scored_trials
+from runners.study import backbone_trial, scored_trials, study_score
 from search_spaces.space import CHOICES, param_name
 
 
@@ -33,13 +34,13 @@ def figure_summary(trials: list[optuna.trial.FrozenTrial], backbone: optuna.tria
     return figure
 
 
-def figure_parallel(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
+def figure_parallel(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None, label: str = a_label()):
     """Parallel coordinates over A, S, P and reward (the backbone included, coloured red)."""
     import plotly.graph_objects as go
 
     every = trials + ([backbone] if backbone else [])
     records = [record_of(t) for t in every]
-    axes = [dict(label=label, values=[r.asp[i] for r in records]) for i, label in enumerate(("A (accuracy)", "S (step time)", "P (params)"))]
+    axes = [dict(label=label, values=[r.asp[i] for r in records]) for i, label in enumerate((label, "S (step time)", "P (params)"))]
     axes.append(dict(label="reward", values=[r.reward for r in records]))
     colour = [1 if backbone is not None and t.number == backbone.number else 0 for t in every]
     figure = go.Figure(go.Parcoords(dimensions=axes, line=dict(color=colour, colorscale=[[0, "#636efa"], [1, "red"]])))
@@ -47,7 +48,7 @@ def figure_parallel(trials: list[optuna.trial.FrozenTrial], backbone: optuna.tri
     return figure
 
 
-def figure_a_vs_s(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None):
+def figure_a_vs_s(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.FrozenTrial | None, label: str = a_label()):
     """A vs S, P as colour, the backbone as a red star."""
     import plotly.graph_objects as go
 
@@ -62,8 +63,8 @@ def figure_a_vs_s(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial
         figure.add_trace(go.Scatter(x=[b.normalized_step_time], y=[b.accuracy], mode="markers", name="backbone",
                                     text=[f"backbone (trial {backbone.number})"],
                                     marker=dict(symbol="star", size=18, color="red")))
-    figure.update_layout(title="NAS: accuracy A vs training step time S (colour: params P)",
-                         xaxis_title="S (step time / backbone)", yaxis_title="A (validation accuracy)",
+    figure.update_layout(title=f"NAS: {label} vs training step time S (colour: params P)",
+                         xaxis_title="S (step time / backbone)", yaxis_title=label,
                          legend=dict(orientation="h", y=-0.25))  # clear of the colour bar
     return figure
 
@@ -134,15 +135,15 @@ def refresh_figures(study: optuna.Study, only_if_changed: bool = False) -> list[
     try:
         from optuna_dashboard import save_plotly_graph_object
 
-        trials, backbone = scored_trials(study), backbone_trial(study)
+        trials, backbone, label = scored_trials(study), backbone_trial(study), a_label(study_score(study))
         rows = fidelity_rows(study)
         drawn = (tuple(t.number for t in trials), backbone and backbone.number, tuple(r["trial"] for r in rows))
         if only_if_changed and _FIGURES_DRAWN.get(study.study_name) == drawn:
             return []
         written = []
         if trials:
-            for graph_id, figure in (("nas-summary", figure_summary(trials, backbone)), ("nas-a-vs-s", figure_a_vs_s(trials, backbone)),
-                                     ("nas-reward", figure_reward(trials, backbone)), ("nas-parallel", figure_parallel(trials, backbone)),
+            for graph_id, figure in (("nas-summary", figure_summary(trials, backbone)), ("nas-a-vs-s", figure_a_vs_s(trials, backbone, label)),
+                                     ("nas-reward", figure_reward(trials, backbone)), ("nas-parallel", figure_parallel(trials, backbone, label)),
                                      ("nas-choices", figure_choices(trials))):
                 save_plotly_graph_object(study, figure, graph_object_id=graph_id)
                 written.append(graph_id)

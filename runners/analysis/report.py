@@ -13,6 +13,7 @@ import optuna
 
 from nas.io import atomic_write_text
 from nas.record import METRICS, REWARD, record_of
+from nas.scores import a_label
 from rewards import pareto_front
 from runners.analysis.fidelity import audit, score_lines
 from runners.analysis.results import pareto_trials
@@ -95,7 +96,7 @@ def reward_plot(trials: list[optuna.trial.FrozenTrial], backbone: optuna.trial.F
 
 
 def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial.FrozenTrial],
-                backbone: optuna.trial.FrozenTrial | None = None):
+                backbone: optuna.trial.FrozenTrial | None = None, label: str = a_label()):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
@@ -116,7 +117,7 @@ def pareto_plot(trials: list[optuna.trial.FrozenTrial], front: list[optuna.trial
     if backbone is not None:
         axis.scatter([record_of(backbone).normalized_step_time], [record_of(backbone).accuracy], marker="*", s=260, color="red",
                      label=f"backbone (trial {backbone.number})", zorder=5)
-    axis.set(xlabel="S (training step time / backbone)", ylabel="A (validation accuracy)", title="Accuracy vs training step time")
+    axis.set(xlabel="S (training step time / backbone)", ylabel=label, title=f"{label} vs training step time")
     axis.legend()
     return figure
 
@@ -265,7 +266,8 @@ def write_report(run: Run, output: str | Path) -> Path:
              f"<style>{STYLE}</style></head><body>",
              f"<h1>NAS sweep <code>{html.escape(config.name)}</code></h1>",
              f"<p>{summary}. Data <b>{html.escape(config.data)}</b>, backbone <b>{html.escape(config.backbone)}</b>, "
-             f"reward <b>{html.escape(reward_formula(config.reward))}</b>, sampler {config.sampler}, "
+             f"reward <b>{html.escape(reward_formula(config.reward))}</b> with {html.escape(a_label(config.train.score))}, "
+             f"sampler {config.sampler}, "
              f"{config.train.epochs} epochs at {config.train.image_size}px; step time at {config.timing.image_size}px, "
              f"batch {config.timing.batch_size}. Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>"]
     if not trials:
@@ -276,7 +278,7 @@ def write_report(run: Run, output: str | Path) -> Path:
         parts.append(f"<p class='verdict'><b>Best {html.escape(verdict(best[0].number, record_of(best[0]), against_backbone(run.study, best[0])))}"
                      f".</b></p>")
         parts += ["<h2>Reward</h2>", _img(reward_plot(trials, backbone), "reward over trials with the best-so-far line and the backbone"),
-                  "<h2>Pareto front</h2>", _img(pareto_plot(trials, front, backbone),
+                  "<h2>Pareto front</h2>", _img(pareto_plot(trials, front, backbone, a_label(config.train.score)),
                                                 "Pareto front: accuracy vs step time, params as colour, the backbone as a star"),
                   "<h2>Learning curves</h2>", _img(curves_plot(best[:CURVES], backbone),
                                                    "validation accuracy per epoch: the top trials and the backbone"),
