@@ -10,7 +10,7 @@ from scipy import stats
 
 from nas.errors import InputError
 from nas.record import BACKBONE_ROLE
-from nas.scores import SCORES
+from nas.scores import ACCURACY_SCORES, SCORES
 from nas.spec import NetworkSpec
 from runners.analysis import fidelity
 from runners.analysis.fidelity import (
@@ -237,7 +237,7 @@ def test_backbone_yardstick_and_fidelity_end_to_end(tmp_path, small_space):
     assert {(r["setting"]["data_fraction"], r["score"]) for r in result["table"]} <= {(f, s) for f in (0.5, 1.0) for s in audit["scores"]}
     assert all(r["cost"] > 0 and r["relative_cost"] > 0 for r in result["table"]) and (tmp_path / "fid" / "calibration.png").exists()
     assert result["ceiling"] == audit["ceiling"]
-    reaching = [r for r in result["table"] if r["score"] in ("accuracy", "best_accuracy") and r["fraction_of_ceiling"] is not None
+    reaching = [r for r in result["table"] if r["score"] in ACCURACY_SCORES and r["fraction_of_ceiling"] is not None
                 and r["fraction_of_ceiling"] >= 0.8]  # the default target, accuracy-like scores only
     cheapest = min(reaching, key=lambda r: (r["cost"], -r["fraction_of_ceiling"])) if reaching else None
     if not result["ceiling"]["reliable"]:  # its bootstrap interval reaches 0 (likely with 3 architectures): never a recommendation
