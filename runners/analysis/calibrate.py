@@ -107,9 +107,9 @@ def train_grid(run: Run, config: CalibrationConfig, numbers: list[int], log: Any
     trials = {t.number: t for t in pick_trials(run, config.trials)}
     jobs = []
     for number, setting in grid_to_go(run.study.user_attrs, config, numbers):
-        seed = record_of(trials[number]).seed
-        train = replace(run.config.train, threads=threads, seed=run.config.train.seed if seed is None else seed, **setting)
-        jobs.append(Job((number, setting), record_of(trials[number]).spec, asdict(train), setting["data_fraction"], label=f"calibrate: trial {number}"))
+        record = record_of(trials[number])
+        train = replace(run.config.train, threads=threads, seed=run.config.train.seed if record.seed is None else record.seed, **setting)
+        jobs.append(Job((number, setting), record.spec, asdict(train), setting["data_fraction"], label=f"calibrate: trial {number}"))
     log(f"calibrate: {len(config.grid())} proxy settings x {len(numbers)} trials, {len(jobs)} trainings to go")
 
     def done(job: Job, record: TrialRecord) -> None:
