@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from nas.cores import hold_cores
 from nas.lock import TRACE_ENV
+from nas.record import record_of
+from runners.study import open_run
 from tests.conftest import ROOT
 
 HOLDER = """
@@ -67,29 +70,49 @@ def test_a_killed_holder_frees_its_slot_and_a_waiter_times_out_with_a_bound(tmp_
         assert waited < 5
 
 
+def read_lines(stream) -> tuple[list[str], threading.Thread]:
+    """The lines of ``stream`` as a background thread reads them, and that thread (join it after the process ends)."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
+    reader.start()
+    return lines, reader
+
+
 @pytest.mark.slow
 def test_two_sweeps_on_one_host_share_its_cores(tmp_path, tiny_space):
-    """Two drivers, each starting its own Ray on this host with every core for itself, on a host of one core slot:
-    both complete, their trainings never overlap, and the one that waited says so."""
-    trace = tmp_path / "trace.jsonl"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAS_HOST_CORES": "1", TRACE_ENV: str(trace),
-           "NAS_LOCK_DIR": str(tmp_path / "locks")}
+    """Two drivers, each starting its own Ray on this host with every core for itself, on a host of one core slot
+    that a third training (this test) holds at first: both complete, their trainings never overlap, and every
+    trial that waited for a core said so, a short one included (its line once came after it finished, and was dropped)."""
+    trace, locks = tmp_path / "trace.jsonl", tmp_path / "locks"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAS_HOST_CORES": "1", TRACE_ENV: str(trace), "NAS_LOCK_DIR": str(locks)}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    procs = []
-    for name in ("left", "right"):
-        args = ["search", "--name", name, "--runs-dir", tmp_path, "--trials", "2", "--concurrent", "1", "--cpus-per-trial", "1",
-                "--sampler", "random", "--seed", "1" if name == "left" else "2", *tiny_space, "--epochs", "3", "--json"]
-        procs.append(subprocess.Popen([sys.executable, "-m", "runners.cli", *map(str, args)], cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = [proc.communicate(timeout=900) for proc in procs]
-    for proc, (out, err) in zip(procs, results, strict=True):
-        assert proc.returncode == 0, err
-        assert json.loads(out)["complete"] == 2
+    procs, errs = [], []
+    with hold_cores(1, directory=locks, pool=1):  # both sweeps' first trials must wait, whichever Ray starts first
+        for name in ("left", "right"):
+            args = ["search", "--name", name, "--runs-dir", tmp_path, "--trials", "2", "--concurrent", "1", "--cpus-per-trial", "1",
+                    "--sampler", "random", "--seed", "1" if name == "left" else "2", *tiny_space, "--epochs", "3", "--json"]
+            procs.append(subprocess.Popen([sys.executable, "-m", "runners.cli", *map(str, args)], cwd=ROOT, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            errs.append(read_lines(procs[-1].stderr))
+        deadline = time.monotonic() + 300
+        while not all(any("waiting for a core" in line for line in lines) for lines, _ in errs):  # said while still waiting
+            assert time.monotonic() < deadline and all(proc.poll() is None for proc in procs), [''.join(lines) for lines, _ in errs]
+            time.sleep(0.2)
+    for proc, (lines, reader) in zip(procs, errs, strict=True):
+        assert proc.wait(timeout=900) == 0, "".join(lines)
+        reader.join(timeout=60)
+        assert json.loads(proc.stdout.read())["complete"] == 2
     work = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
     assert len({unit["pid"] for unit in work}) >= 2  # both sweeps' workers trained
     clashes = [(a, b) for a in work for b in work if a["pid"] < b["pid"] and a["start"] < b["end"] and b["start"] < a["end"]]
     assert not clashes, f"{len(clashes)} units of device work of two trainings ran at once on a host of one core slot"
-    assert any("waiting for a core" in err for _, err in results)
+    for name, (lines, _) in zip(("left", "right"), errs, strict=True):
+        trials = open_run(tmp_path / name).finished()
+        waited = {t.number for t in trials if record_of(t).core_wait_seconds}
+        assert waited, f"{name}: no trial recorded its wait for the held core"
+        told = {int(line.split(":")[0].split()[-1]) for line in lines if "waiting for a core" in line}
+        assert told == waited, (name, told, waited, "".join(lines))
+        assert {t.number for t in trials if record_of(t).core_wait_seconds == 0.0} == {t.number for t in trials} - waited
 
 
 def test_a_trainer_never_runs_more_threads_than_the_slots_it_holds(tmp_path, monkeypatch):

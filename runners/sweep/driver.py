@@ -90,6 +90,8 @@ class Driver:
         timeout = min(0.2 if waiting else 5.0, self.config.heartbeat_interval, self.time_to_timeout())
         ready = self.executor.wait(handles, max(0.0, timeout)) if handles else (time.sleep(timeout) or [])
         by_handle = {f.handle: n for n, f in self.mine.items() if f.handle is not None}
+        if ready:  # before they leave self.mine: a short trial's wait for a core is told, not dropped
+            self.relay_progress()
         for handle in ready:
             self.finish(by_handle[handle], self.executor.result(handle))
         if ready:
@@ -198,12 +200,16 @@ class Driver:
             flight.trial.report(value, epoch)
             # the yardstick is never pruned: every comparison needs its full record
             self.executor.decide(number, epoch, flight.trial.should_prune() and not self.is_backbone(flight))
+        self.relay_progress()
+        return False
+
+    def relay_progress(self) -> None:
+        """Tell the in-trial progress the workers posted (epochs, waits for a core) of this driver's trials."""
         for number, info in self.executor.progress_reports():
             if number in self.mine:
                 if info.get("cores") == "taken":  # trial_timeout counts from when the trial has its cores
                     self.mine[number].started = time.monotonic()
                 self.progress.trial_progress(number, info)
-        return False
 
     def time_to_timeout(self) -> float:
         starts = [f.started for f in self.mine.values() if f.handle is not None]
