@@ -61,6 +61,15 @@ def proxy_scores(record: TrialRecord | Mapping[str, Any]) -> dict[str, float | N
     }
 
 
+def score_so_far(curve: list[dict[str, Any]], score: str = "accuracy") -> float | None:
+    """``score`` of the run stopped after ``curve``'s last epoch: A as the pruner and the learning curves see it.
+
+    >>> round(score_so_far([{"train_loss": 1.5}, {"train_loss": 1.0}], "train_likelihood"), 4)
+    0.2865
+    """
+    return proxy_scores(TrialRecord(curve=list(curve)))[score]
+
+
 A_NAMES = {"accuracy": "validation accuracy", "best_accuracy": "best validation accuracy",
            "train_likelihood": "train likelihood, exp(-mean training loss)"}
 

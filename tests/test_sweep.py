@@ -1,6 +1,7 @@
 """End-to-end sweeps with real Ray, real Optuna (SQLite) and real training on digits."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import optuna
 import pytest
 
 from nas.model import build
-from nas.record import BACKBONE_ROLE
+from nas.record import BACKBONE_ROLE, record_of
 from runners.study import open_run, scored_trials, trial_spec
 from tests.conftest import ROOT, assert_one_line_error, run_nas
 
@@ -172,14 +173,20 @@ def _asha_keeps(value: float, rung: list[float]) -> bool:
 
 def test_asha_pruner_prunes_per_epoch(tmp_path, small_space):
     # one trial at a time, seeded, on one thread: the trials report in trial order with the same values every run, so the
-    # pruner's decisions can be replayed from the stored per-epoch accuracies. With seed 0 the epoch-1 accuracies are about
-    # 0.09 (the backbone), 0.27, 0.17 and 0.08: trials 2 and 3 fall well below the rung's top half and must be pruned
+    # pruner's decisions can be replayed from the stored per-epoch values. A is the training likelihood (train.score): the
+    # pruner ranks each epoch by it, not by validation accuracy (it did, whatever A the reward used)
     result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "3", "--concurrent", "1", "--cpus-per-trial", "1",
                      "--pruner", "asha", *small_space, "--sampler", "random", "--seed", "0", "--epochs", "3", "--image-size", "16",
-                     "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3", "--json")
+                     "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3", "--score", "train_likelihood",
+                     "--json")
     assert result.code == 0, result.err
     trials = open_run(tmp_path / "asha").study.trials  # the backbone yardstick first, then the 3 search trials
-    assert len(trials) == 4 and all(t.intermediate_values for t in trials)  # per-epoch accuracy reached the study from the workers
+    assert len(trials) == 4 and all(t.intermediate_values for t in trials)  # per-epoch values reached the study from the workers
+    for t in trials:  # each epoch's value: A of the curve up to that epoch
+        curve = record_of(t).curve
+        assert len(curve) == len(t.intermediate_values)
+        assert [t.intermediate_values[e] for e in sorted(t.intermediate_values)] == pytest.approx(
+            [math.exp(-sum(c["train_loss"] for c in curve[:e]) / e) for e in range(1, len(curve) + 1)]), (t.number, curve)
     rungs: dict[int, list[float]] = {1: [], 2: []}  # rungs at epochs 1 and 2 (min_resource 1, reduction factor 2)
     expected = []
     for t in trials:
@@ -197,6 +204,21 @@ def test_asha_pruner_prunes_per_epoch(tmp_path, small_space):
     assert pruned, [(t.number, t.intermediate_values) for t in trials]  # the sweep is designed to prune: it did
     assert all(t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] == len(t.intermediate_values) < 3 for t in pruned)
     assert result.json()["pruned"] == len(pruned)
+
+
+def test_learning_curves_are_a_so_far_for_every_score():
+    """Without a pruner the driver stores the curve after the trial: the same values the pruner would have seen."""
+    from runners.sweep.driver import report_curve
+
+    curve = [{"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.2, "train_loss": 1.5},
+             {"epoch": 2, "val_accuracy": 0.4, "val_loss": 1.1, "train_loss": 1.0}]
+    expected = {"accuracy": [0.5, 0.4], "best_accuracy": [0.5, 0.5], "train_likelihood": [math.exp(-1.5), math.exp(-1.25)]}
+    study = optuna.create_study(direction="maximize")
+    for score, values in expected.items():
+        trial = study.ask()
+        report_curve(trial, curve, score)
+        study.tell(trial, 0.0)
+        assert [study.trials[-1].intermediate_values[e] for e in (1, 2)] == pytest.approx(values), score
 
 
 @pytest.mark.parametrize("cores, layout, one_cpu_trials", [

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 
 from nas.record import BACKBONE_ROLE, FAILED, INTERRUPTED, OK, PRUNED, SURPLUS, TIMEOUT, TrialRecord, attrs, record_of
+from nas.scores import score_so_far
 from runners.config import SweepConfig
 from runners.study import retried
 from runners.sweep.executors import InFlight, LocalExecutor, RayExecutor
@@ -34,11 +35,13 @@ BACKBONE_VALUES = (float("-inf"), float("inf"), float("inf"))  # the backbone's 
 STATES = {OK: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 
-def report_curve(trial: optuna.Trial, curve: list[dict[str, Any]]) -> None:
-    """Each epoch's validation accuracy as the trial's intermediate value (the dashboard's learning curves)."""
-    for point in curve:
-        if "epoch" in point and point.get("val_accuracy") is not None:
-            trial.report(float(point["val_accuracy"]), int(point["epoch"]))
+def report_curve(trial: optuna.Trial, curve: list[dict[str, Any]], score: str = "accuracy") -> None:
+    """Each epoch's A so far (``score`` of the curve up to it) as the trial's intermediate value (the dashboard's
+    learning curves): what ``--pruner asha`` reports while the trial trains."""
+    for end, point in enumerate(curve, start=1):
+        value = score_so_far(curve[:end], score)
+        if "epoch" in point and value is not None:
+            trial.report(float(value), int(point["epoch"]))
 
 
 class Driver:
@@ -261,7 +264,7 @@ class Driver:
         for name, value in record.to_attrs().items():
             flight.trial.set_user_attr(name, value)
         if self.config.pruner != "asha" and not self.multi:  # per-epoch curve as intermediate values (asha reported them)
-            report_curve(flight.trial, record.curve or [])
+            report_curve(flight.trial, record.curve or [], self.config.train.score)
         if state != TrialState.COMPLETE:
             self.study.tell(flight.trial, state=state)
         elif self.is_backbone(flight):  # the yardstick's objective value is kept out: it is never "best" (its

@@ -1,6 +1,6 @@
 """The Ray worker side of a sweep: evaluate one candidate, never raise (failures become records).
 
-Pruning decisions are the driver's: the worker posts each epoch's validation accuracy to a
+Pruning decisions are the driver's: the worker posts each epoch's A so far (``train.score``) to a
 ``PruneBoard`` actor and waits for the driver's answer (the driver reports to its own
 ``optuna.Trial`` and asks the pruner), so no worker opens the study.
 """
@@ -22,6 +22,7 @@ from nas.cores import use_threads
 from nas.data import Dataset
 from nas.evaluate import evaluate_candidate
 from nas.record import TrialRecord
+from nas.scores import score_so_far
 from nas.spec import NetworkSpec
 from nas.timing import ReferenceCache, TimingConfig
 from nas.train import TrainConfig
@@ -93,15 +94,22 @@ class PruneBoard(Mailbox):
         return self.decisions.pop((number, epoch), None)
 
 
-def _ask_driver(board: Any, number: int, epochs: int, prune: bool):
-    """An epoch callback that posts the epoch's progress and, with ``prune``, sends the value to the driver and returns its decision."""
+def _ask_driver(board: Any, number: int, epochs: int, prune: bool, score: str = "accuracy"):
+    """An epoch callback that posts the epoch's progress and, with ``prune``, sends the value to the driver and returns its decision.
+
+    The value is ``score`` (the sweep's A, ``train.score``) of the curve so far: the pruner ranks what the reward will.
+    """
     import ray
+
+    curve: list[dict] = []
 
     def on_epoch(epoch: int, metrics: dict) -> bool:
         board.post.remote(number, {"epoch": epoch, "epochs": epochs, "val_accuracy": float(metrics["val_accuracy"])})
         if not prune:
             return False
-        ray.get(board.report.remote(number, epoch, float(metrics["val_accuracy"])))
+        curve.append(dict(metrics))
+        value = score_so_far(curve, score)
+        ray.get(board.report.remote(number, epoch, float(value if value is not None else metrics["val_accuracy"])))
         deadline = time.monotonic() + DECISION_WAIT_SECONDS
         while time.monotonic() < deadline:
             decision = ray.get(board.decision.remote(number, epoch))
@@ -113,19 +121,17 @@ def _ask_driver(board: Any, number: int, epochs: int, prune: bool):
     return on_epoch
 
 
-
-
 def evaluate_trial(spec: NetworkSpec, dataset: Dataset, train: TrainConfig, timing: TimingConfig, backbone: NetworkSpec,
                    use_gpu: bool, run_dir: str, board: tuple[Any, int] | None = None, prune: bool = False) -> TrialRecord:
     """Runs inside a Ray worker: evaluate one candidate; never raises (failures become records).
 
     ``train`` already carries the trial's seed and thread count; ``board`` is (PruneBoard actor, trial number): progress
-    goes there, and with ``prune`` each epoch's accuracy, whose answer may stop the trial.
+    goes there, and with ``prune`` each epoch's ``train.score`` so far, whose answer may stop the trial.
     """
     import ray
 
     use_threads(max(1, train.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
-    on_epoch = _ask_driver(*board, train.epochs, prune) if board is not None else None
+    on_epoch = _ask_driver(*board, train.epochs, prune, train.score) if board is not None else None
     on_progress = poster(*board) if board is not None else None
     node = ray.get_runtime_context().get_node_id()
     try:
