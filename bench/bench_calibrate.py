@@ -1,6 +1,7 @@
 """Proxy calibration benchmark (issue 24): which proxy setting ranks architectures like a long schedule, at what cost?
 
-1. a real sweep on a Fashion-MNIST (or ``--data cifar10``) subset (``--train`` images per class, seed 0) with the backbone yardstick:
+1. a real sweep on a Fashion-MNIST (or ``--data cifar10``) subset (``--train`` images per class, sweep ``--seed``, default 0)
+   with the backbone yardstick:
    ``--trials`` trials plus the backbone, proxy ``--epochs`` at ``--size`` px (the architectures to rank);
 2. ``nas calibrate`` on ``--k`` of them (the backbone and a spread): the long schedule (``--long-epochs`` at
    ``--long-size`` px, full training split) twice with two seeds (the noise ceiling), and the grid
@@ -43,6 +44,7 @@ def main() -> None:
                                                             "large enough that the seed ceiling is not evaluation noise")
     parser.add_argument("--data", choices=sorted(SOURCES), default="fashion", help="the data set the subset comes from")
     parser.add_argument("--trials", type=int, default=12, help="sweep trials (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="the sweep's seed: another seed, other architectures (default 0)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--k", type=int, default=12, help="architectures calibrated, incl. the backbone (default 12)")
@@ -73,7 +75,7 @@ def main() -> None:
     print(f"data: {title} subset, {per_class * 10} images, {fraction:.0%} of them validation "
           f"({round(per_class * 10 * fraction)} images), {pixels}", flush=True)
     sweep = nas("search", "--config", str(config), "--name", "bench", "--runs-dir", tmp, "--data", str(data), "--trials", str(args.trials),
-                "--concurrent", "2", "--sampler", "random", "--seed", "0", "--epochs", str(args.epochs),
+                "--concurrent", "2", "--sampler", "random", "--seed", str(args.seed), "--epochs", str(args.epochs),
                 "--image-size", str(args.size), "--timing-image-size", "32", "--timing-batch-size", "16", "--timing-steps", "3",
                 "--quiet")
     print(f"sweep: {sweep['complete']} complete + backbone, {sweep['failed']} failed, {sweep['bench_wall_seconds']:.0f} s", flush=True)
