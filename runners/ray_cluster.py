@@ -75,19 +75,6 @@ class Mailbox:
         return events + sorted(progress.items())
 
 
-def core_wait_text(info: dict[str, Any]) -> str | None:
-    """The line for a core-wait event of :func:`nas.evaluate.trainer_cores` (None for other progress).
-
-        >>> core_wait_text({"cores": "taken", "waited": 41.2})
-        'got its core after 41 s; training'
-    """
-    if info.get("cores") == "waiting":
-        return f"waiting for a core: other trainings on its host hold all {info['pool']} core slots (see NAS_HOST_CORES in the README)"
-    if info.get("cores") == "taken":
-        return f"got its core after {info['waited']:.0f} s; training"
-    return None
-
-
 def poster(box: Any, key: Any) -> Any:
     """A progress callback (``train_proxy``'s ``on_progress``) that posts to a :class:`Mailbox` actor without waiting."""
 

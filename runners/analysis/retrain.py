@@ -21,7 +21,8 @@ from nas.pipeline import DeviceData
 from nas.record import OK, TrialRecord
 from nas.spec import NetworkSpec
 from nas.train import TrainConfig, pick_device, train_proxy
-from runners.ray_cluster import Mailbox, core_wait_text, init_ray, poster
+from runners.progress_text import core_wait_text, epoch_text
+from runners.ray_cluster import Mailbox, init_ray, poster
 from runners.study import Run
 
 PROGRESS_SECONDS = 5.0  # a line per running retraining at most this often
@@ -121,9 +122,4 @@ def _log_progress(ray: Any, box: Any, running: dict[int, tuple[Job, float]], log
             continue
         job, start = running[index]
         label = job.label or str(job.key)
-        waiting = core_wait_text(info)
-        if waiting:
-            log(f"{label}: {waiting}")
-        else:
-            log(f"{label}: epoch {info['epoch']}/{info['epochs']}, step {info.get('step', 0)}/{info.get('steps', 0)}, "
-                f"{info.get('images_per_second', 0):.0f} img/s, {time.monotonic() - start:.0f} s")
+        log(f"{label}: {core_wait_text(info) or epoch_text(info, time.monotonic() - start)}")

@@ -84,14 +84,14 @@ LONG_SECONDS = 3600.0  # a run estimated longer than this is warned about once, 
 def progress_printer(config: Any) -> Callable[[dict[str, Any]], None]:
     """``nas train``'s in-epoch line on stderr with an ETA; the first estimate over an hour is also a warning."""
     from nas.schedule import remaining_seconds, schedule
+    from runners.progress_text import duration, epoch_text
 
     stages, warned = schedule(config), []
 
     def on_progress(info: dict[str, Any]) -> None:  # the hook calls it at most every few seconds
         left = remaining_seconds(stages, epoch=info["epoch"], step=info["step"], steps=info["steps"], batch_size=config.batch_size,
                                  images_per_second=max(info["images_per_second"], 1e-9))
-        print(f"  epoch {info['epoch']}/{info['epochs']}, step {info['step']}/{info['steps']}, "
-              f"{info['images_per_second']:.0f} img/s, {info['seconds']:.0f} s, ETA {duration(left)}", file=sys.stderr, flush=True)
+        print(f"  {epoch_text(info, info['seconds'], eta=left)}", file=sys.stderr, flush=True)
         if left > LONG_SECONDS and not warned:
             warned.append(left)
             print(f"nas train: warning: about {duration(left)} of training left at this speed ({info['images_per_second']:.0f} img/s; "
@@ -99,11 +99,6 @@ def progress_printer(config: Any) -> Callable[[dict[str, Any]], None]:
                   "(Ctrl-C stops it; the same command resumes from the checkpoint)", file=sys.stderr, flush=True)
 
     return on_progress
-
-
-def duration(seconds: float) -> str:
-    """``42 s``, ``12 min``, ``3.1 h``."""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

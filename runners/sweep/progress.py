@@ -19,7 +19,7 @@ import time
 from typing import Any, TextIO
 
 from nas.record import OK, PRUNED, TrialRecord
-from runners.ray_cluster import core_wait_text
+from runners.progress_text import core_wait_text, epoch_text
 
 IN_TRIAL_SECONDS = 5.0  # at most one in-trial line per trial this often
 
@@ -109,15 +109,7 @@ class Progress:
         if now - self.last_line.get(number, 0.0) < IN_TRIAL_SECONDS:
             return
         self.last_line[number] = now
-        parts = [f"epoch {info['epoch']}/{info['epochs']}"]
-        if info.get("steps"):
-            parts.append(f"step {info.get('step', 0)}/{info['steps']}")
-        if info.get("images_per_second"):
-            parts.append(f"{info['images_per_second']:.0f} img/s")
-        if info.get("val_accuracy") is not None:
-            parts.append(f"val accuracy {info['val_accuracy']:.4f}")
-        parts.append(f"{now - self.started_at.get(number, now):.0f} s")
-        self.say(f"{self.labels.get(number, f'trial {number}')}: {', '.join(parts)}")
+        self.say(f"{self.labels.get(number, f'trial {number}')}: {epoch_text(info, now - self.started_at.get(number, now))}")
 
     def trial_finished(self, number: int, record: TrialRecord, backbone: bool = False) -> None:
         start = self.started_at.pop(number, None)
