@@ -29,9 +29,9 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.configs import TrainConfig  # noqa: E402
 from nas.record import INTERRUPTED  # noqa: E402
 from nas.spec import NetworkSpec  # noqa: E402
-from nas.train import TrainConfig  # noqa: E402
 from runners.config import resolve_config  # noqa: E402
 from runners.study import quiet_optuna, rdb_storage  # noqa: E402
 from runners.sweep.run import run_sweep  # noqa: E402

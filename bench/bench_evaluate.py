@@ -26,12 +26,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.configs import TimingConfig, TrainConfig  # noqa: E402
 from nas.data import load_dataset  # noqa: E402
 from nas.model import build  # noqa: E402
 from nas.pipeline import DeviceData, resize_uint8  # noqa: E402
 from nas.step import make_optimizer  # noqa: E402
-from nas.timing import TimingConfig, measure_step_time  # noqa: E402
-from nas.train import TrainConfig, pick_device, train_proxy  # noqa: E402
+from nas.timing import measure_step_time  # noqa: E402
+from nas.train import pick_device, train_proxy  # noqa: E402
 from nas.zoo import get  # noqa: E402
 from search_spaces import SearchSpace  # noqa: E402
 

@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nas.configs import TimingConfig, TrainConfig  # noqa: E402
 from nas.data import Dataset  # noqa: E402
 from nas.lock import DeviceLock  # noqa: E402
 from nas.model import build  # noqa: E402
@@ -47,8 +48,8 @@ from nas.plan import count_spec_params  # noqa: E402
 from nas.scaling import scale  # noqa: E402
 from nas.spec import NetworkSpec  # noqa: E402
 from nas.step import make_optimizer  # noqa: E402
-from nas.timing import TimingConfig, measure_step_time  # noqa: E402
-from nas.train import TrainConfig, train_proxy  # noqa: E402
+from nas.timing import measure_step_time  # noqa: E402
+from nas.train import train_proxy  # noqa: E402
 from nas.zoo import get  # noqa: E402
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from nas.configs import TimingConfig, TrainConfig
 from nas.cores import hold_cores, host_cores, thread_cap, use_threads
 from nas.data import Dataset, load_dataset
 from nas.lock import DeviceLock, device_id
@@ -31,8 +32,8 @@ from nas.plan import count_macs, count_spec_params
 from nas.record import FAILED, OK, PRUNED, TrialRecord
 from nas.scores import proxy_scores
 from nas.spec import NetworkSpec
-from nas.timing import ReferenceCache, TimingConfig, device_name, measure_step_time
-from nas.train import EpochCallback, ProgressCallback, TrainConfig, pick_device, train_proxy
+from nas.timing import ReferenceCache, device_name, measure_step_time
+from nas.train import EpochCallback, ProgressCallback, pick_device, train_proxy
 
 _DATA_CACHE: dict[tuple[str, str, float, float], tuple[DeviceData, int]] = {}
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from nas.configs import OptimizerConfig
 from nas.errors import InputError, check_ints, check_number
 from nas.scaling import MEMBERS
-from nas.step import OptimizerConfig
 
 MAX_MAGNITUDE = 30.0  # kornia's RandAugment takes 0 < m < 30; 0 here means "off"
 

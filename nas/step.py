@@ -1,8 +1,8 @@
 """The one training step and its settings: used by proxy training, final training and step timing alike.
 
-:class:`OptimizerConfig` holds what the step (and the schedule around it) is configured by: optimizer,
+:class:`OptimizerConfig` (:mod:`nas.configs`) holds what the step (and the schedule around it) is configured by: optimizer,
 learning rate, weight decay, momentum, warm-up, label smoothing, validation split, seed and threads;
-:class:`nas.train.TrainConfig` and :class:`nas.schedule.ProgressiveConfig` extend it.
+:class:`nas.configs.TrainConfig` and :class:`nas.schedule.ProgressiveConfig` extend it.
 :class:`TrainStep` holds the model (channels_last on CUDA, optionally ``torch.compile``-d), the
 optimizer (:func:`make_optimizer`: parameter groups, no weight decay on BN and biases) and the loss
 (cross-entropy with label smoothing, optionally against mixup targets), and runs forward + backward +
@@ -25,33 +25,7 @@ from typing import Any
 
 import torch
 
-from nas.errors import InputError, check_number
-
-OPTIMIZERS = ("adamw", "sgd")
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer, schedule and data-split settings shared by proxy and final training."""
-
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    validation_fraction: float = 0.2
-    seed: int = 0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer: {self.optimizer!r} is not allowed, allowed {', '.join(OPTIMIZERS)}")
-        for name, low, high in (("lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0), ("momentum", 0.0, 1.0),
-                                ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("validation_fraction", 0.01, 0.9)):
-            check_number(name, getattr(self, name), low=low, high=high)
-        check_number("seed", self.seed, integer=True)
-        check_number("threads", self.threads, low=1, integer=True, optional=True)
+from nas.configs import OptimizerConfig
 
 
 def make_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:

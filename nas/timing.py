@@ -26,26 +26,12 @@ from pathlib import Path
 
 import torch
 
-from nas.errors import check_ints, check_number
+from nas.configs import OptimizerConfig, TimingConfig, TrainConfig
 from nas.io import atomic_write_json
 from nas.lock import DeviceLock, device_id, file_lock, lock_path, trace_device_work
 from nas.spec import NetworkSpec
-from nas.step import OptimizerConfig, TrainStep
-from nas.train import TrainConfig, make_step
-
-
-@dataclass(frozen=True)
-class TimingConfig:
-    """How step time is measured; ``image_size=None`` means the spec's own training image size."""
-
-    batch_size: int = 32
-    image_size: int | None = None
-    warmup: int = 3
-    steps: int = 10
-
-    def __post_init__(self) -> None:
-        check_ints(self, (("batch_size", 1), ("warmup", 0), ("steps", 3)))
-        check_number("image_size", self.image_size, low=16, integer=True, optional=True)
+from nas.step import TrainStep
+from nas.train import make_step
 
 
 @dataclass(frozen=True)

@@ -25,43 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.configs import OptimizerConfig, TrainConfig
 from nas.cores import use_threads
 from nas.data import Dataset
-from nas.errors import InputError, check_ints, check_number
+from nas.errors import InputError
 from nas.lock import DeviceLock, TrainerHold, trace_device_work
 from nas.model import build
 from nas.pipeline import DeviceData
-from nas.scores import ACCURACY_SCORES, check_score
 from nas.spec import NetworkSpec
-from nas.step import OptimizerConfig, TrainStep, autocast, to_device_layout
+from nas.step import TrainStep, autocast, to_device_layout
 
 __all__ = ["EpochCallback", "NonFiniteLoss", "ProgressCallback", "TrainConfig", "TrainResult", "evaluate", "make_step",
            "pick_device", "seed_everything", "train_proxy", "warmup_cosine"]
-
-@dataclass(frozen=True)
-class TrainConfig(OptimizerConfig):
-    """Proxy-training settings; defaults are the measured good setup on small data.
-
-    Measured on the bundled digits (efficientnetv2-b0 at 32 px): AdamW lr 2e-3, weight decay 0.05, batch 64, one
-    warm-up epoch then cosine, label smoothing 0.1, crop padding 2 reach 0.997 validation accuracy in 10 epochs
-    (>= 0.9 from epoch 2); SGD-Nesterov lr 0.1 reached 0.75.
-    """
-
-    epochs: int = 10
-    image_size: int = 32
-    batch_size: int = 64
-    deterministic: bool = True
-    eval_batch_size: int = 512
-    compile: bool = False  # torch.compile the model (timing then times the compiled step too)
-    data_fraction: float = 1.0  # the proxy trains on this fraction of the training split (validation unchanged)
-    score: str = "accuracy"  # the proxy score that is A in the reward (nas.scores.ACCURACY_SCORES)
-
-    def __post_init__(self) -> None:
-        check_ints(self, (("epochs", 1), ("image_size", 8), ("batch_size", 2), ("eval_batch_size", 1)))
-        check_number("data_fraction", self.data_fraction, low=0.0, high=1.0, low_open=True)
-        check_score(self.score, ACCURACY_SCORES)
-        super().__post_init__()
-
 
 @dataclass
 class TrainResult:

@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nas.configs import TimingConfig, TrainConfig
 from nas.errors import InputError, check_ints, check_number
 from nas.io import load_config_file
-from nas.timing import TimingConfig
-from nas.train import TrainConfig
 from rewards import DEFAULT_OPTIONS, REWARD_OPTIONS
 from runners.credentials import mask_url, remember_secret
 from runners.preflight import check_reward

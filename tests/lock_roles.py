@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from nas.configs import TimingConfig, TrainConfig
 from nas.data import load_dataset
 from nas.lock import TRACE_ENV, DeviceLock
 from nas.spec import NetworkSpec
-from nas.timing import TimingConfig, measure_step_time
-from nas.train import TrainConfig, train_proxy
+from nas.timing import measure_step_time
+from nas.train import train_proxy
 
 SPEC = NetworkSpec.from_block_strings("tiny", 16, ["r1_k3_s1_e1_i16_o16_c1", "r2_k3_s2_e4_i16_o24"], head_channels=64, num_classes=10)
 

@@ -13,9 +13,9 @@ import tempfile
 import optuna
 import pytest
 
+from nas.configs import TrainConfig
 from nas.errors import InputError
 from nas.spec import NetworkSpec
-from nas.train import TrainConfig
 from runners.config import resolve_config
 from runners.study import backbone_trial, open_run
 from runners.sweep.run import run_sweep

@@ -124,9 +124,8 @@ def test_a_trainer_never_runs_more_threads_than_the_slots_it_holds(tmp_path, mon
     """
     import torch
 
+    from nas.configs import TimingConfig, TrainConfig
     from nas.evaluate import evaluate_candidate, trainer_cores
-    from nas.timing import TimingConfig
-    from nas.train import TrainConfig
     from nas.zoo import get
 
     monkeypatch.setenv("NAS_LOCK_DIR", str(tmp_path))

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nas.configs import TimingConfig, TrainConfig
 from nas.data import load_dataset
 from nas.evaluate import evaluate_candidate
 from nas.plan import count_spec_params
 from nas.spec import NetworkSpec
 from nas.step import TrainStep
-from nas.timing import ReferenceCache, TimingConfig, measure_step_time, timing_step
-from nas.train import TrainConfig, train_proxy
+from nas.timing import ReferenceCache, measure_step_time, timing_step
+from nas.train import train_proxy
 from nas.zoo import get
 from tests.conftest import run_nas, tiny_backbone
 

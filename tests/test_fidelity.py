@@ -108,10 +108,9 @@ def test_audit_of_planted_rows_with_a_tie_and_a_constant_side():
 
 
 def test_proxy_scores_from_a_real_tiny_trial_with_data_fraction_and_score():
+    from nas.configs import TimingConfig, TrainConfig
     from nas.evaluate import evaluate_candidate
     from nas.scores import proxy_scores
-    from nas.timing import TimingConfig
-    from nas.train import TrainConfig
     from nas.zoo import get
 
     config = TrainConfig(epochs=2, image_size=16, batch_size=32, data_fraction=0.1, score="best_accuracy", threads=1)

@@ -5,13 +5,11 @@ import math
 
 import pytest
 
+from nas.configs import OptimizerConfig, TimingConfig, TrainConfig
 from nas.errors import InputError, check_number
 from nas.scaling import scale
 from nas.schedule import ProgressiveConfig
 from nas.spec import SpecError, StageSpec
-from nas.step import OptimizerConfig
-from nas.timing import TimingConfig
-from nas.train import TrainConfig
 from nas.zoo import get
 from rewards import RewardError, get_reward, paper
 from runners.config import SweepConfig

@@ -12,15 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from nas.cores import use_threads
-from nas.data import load_dataset
-from nas.evaluate import train_subset_size, trainer_cores
-from nas.pipeline import DeviceData
+from nas.configs import TrainConfig
 from nas.record import OK, TrialRecord
 from nas.spec import NetworkSpec
-from nas.train import TrainConfig, pick_device, train_proxy
 from runners.progress_text import core_wait_text, epoch_text
 from runners.ray_cluster import Mailbox, init_ray, poster
 from runners.study import Run
@@ -45,6 +39,13 @@ def retrain(spec_json: dict, dataset: Any, train_json: dict, data_fraction: floa
 
     ``progress``: (a :class:`~runners.ray_cluster.Mailbox` actor, this job's key) for in-training progress.
     """
+    import torch  # heavy: only the Ray task trains (reading fidelity results never imports torch)
+
+    from nas.cores import use_threads
+    from nas.evaluate import train_subset_size, trainer_cores
+    from nas.pipeline import DeviceData
+    from nas.train import pick_device, train_proxy
+
     config = TrainConfig(**train_json)
     on_progress = poster(*progress) if progress is not None else None
     use_threads(max(1, config.threads or 1))  # Ray sets OMP_NUM_THREADS=1 in workers
@@ -82,6 +83,8 @@ def run_jobs(run: Run, jobs: list[Job], concurrent: int, done: Any, log: Any) ->
     """
     started = init_ray(run.config)  # the sweep's own way: its cluster, or a local instance on 127.0.0.1
     import ray  # heavy: only commands that train load it
+
+    from nas.data import load_dataset
 
     try:
         dataset_ref = ray.put(load_dataset(run.config.data))

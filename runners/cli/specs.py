@@ -21,8 +21,7 @@ from runners.cli.common import (
 
 def add_parsers(sub: Any) -> None:
     """inspect, scale, space, evaluate"""
-    from nas.timing import TimingConfig
-    from nas.train import TrainConfig
+    from nas.configs import TimingConfig, TrainConfig
 
     TRAIN, TIMING = TrainConfig(), TimingConfig()  # the help texts show the dataclasses' defaults
     p = sub.add_parser("inspect", help="print a spec's stage table, params and MACs")
@@ -194,10 +193,9 @@ def cmd_space(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas.configs import TimingConfig, TrainConfig
     from nas.evaluate import evaluate_candidate
     from nas.io import load_spec
-    from nas.timing import TimingConfig
-    from nas.train import TrainConfig
     from runners.preflight import activation_elements, check_device, check_memory
 
     check_device(args.device)

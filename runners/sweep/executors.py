@@ -11,9 +11,9 @@ from typing import Any
 
 import optuna
 
+from nas.configs import TrainConfig
 from nas.record import INTERRUPTED, TrialRecord
 from nas.spec import NetworkSpec
-from nas.train import TrainConfig
 from runners.config import SweepConfig
 from runners.sweep.worker import PruneBoard, evaluate_trial
 

@@ -18,14 +18,14 @@ from typing import Any
 import optuna
 import torch
 
+from nas.configs import TimingConfig, TrainConfig
 from nas.cores import use_threads
 from nas.data import Dataset
 from nas.evaluate import evaluate_candidate
 from nas.record import TrialRecord
 from nas.scores import score_so_far
 from nas.spec import NetworkSpec
-from nas.timing import ReferenceCache, TimingConfig
-from nas.train import TrainConfig
+from nas.timing import ReferenceCache
 from runners.ray_cluster import Mailbox, poster
 
 DECISION_WAIT_SECONDS = 600.0  # a driver that does not answer: train on rather than hang
