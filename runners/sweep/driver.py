@@ -127,15 +127,21 @@ class Driver:
     def start_one(self) -> bool:
         """Ask one trial, claim its architecture; train it, wait for its twin, or answer it now."""
         trial = self.study.ask()
-        if os.environ.get("NAS_TEST_KILL_AFTER_ASK"):  # test hook: a driver dying before its trial's first heartbeat
+        kill_at = os.environ.get("NAS_TEST_KILL_AFTER_ASK")  # test hook: a driver dying before its trial's claim
+        if kill_at == "1":  # before its first heartbeat
             os.kill(os.getpid(), signal.SIGKILL)
         trial_id = self.ledger.storage.get_trial_id_from_study_id_trial_number(self.ledger.study_id, trial.number)
         self.ledger.note_asked(trial.number, trial_id)
         try:
+            # written before the first heartbeat: a driver dying after it leaves a trial that Optuna's stale check
+            # fails as it is, and it must read "interrupted" (queued again), not a failure of the sweep
+            for name, value in attrs(failure_reason=INTERRUPTED).items():
+                trial.set_user_attr(name, value)
             self.heartbeat.add(trial_id)
+            if kill_at == "heartbeat":  # after its first heartbeat, before its claim
+                os.kill(os.getpid(), signal.SIGKILL)
             spec = self.space.suggest(trial).with_classes(self.num_classes)
-            claim = attrs(spec_key=spec.key(), seed=trial_seed(self.config.seed, trial.number), driver=self.driver,
-                          failure_reason=INTERRUPTED)
+            claim = attrs(spec_key=spec.key(), seed=trial_seed(self.config.seed, trial.number), driver=self.driver)
             for name, value in claim.items():
                 trial.set_user_attr(name, value)
         except optuna.exceptions.UpdateFinishedTrialError:  # stalled past grace_period (storage down): recovered meanwhile
