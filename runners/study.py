@@ -59,12 +59,12 @@ class RetryingStorage(optuna.storages.RDBStorage):
     """
 
     retry_seconds = STORAGE_RETRY_SECONDS
-    on_retry = None  # called with a one-line note the first time a call is retried
+    on_retry = None  # called with a one-line note when a call fails a second time in a row (an outage, not a blip)
 
 
 def _retrying(method):
     def call(self, *args, **kwargs):
-        deadline, delay, noted = time.monotonic() + self.retry_seconds, 0.2, False
+        deadline, delay, failures = time.monotonic() + self.retry_seconds, 0.2, 0
         while True:
             try:
                 return method(self, *args, **kwargs)
@@ -75,9 +75,10 @@ def _retrying(method):
                     reason = scrub(str(getattr(error, "__cause__", None) or error).splitlines()[0])
                     raise StorageLost(f"storage unreachable for {self.retry_seconds:g} s ({reason}); "
                                       f"the next driver recovers this driver's trials") from None
-                if not noted and self.on_retry is not None:
+                failures += 1
+                # a blip that one retry mends (a pooled connection that Ctrl-C or SIGTERM closed mid-call) is not an outage
+                if failures == 2 and self.on_retry is not None:
                     self.on_retry(f"storage: {type(error).__name__}; retrying for up to {self.retry_seconds:g} s")
-                    noted = True
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
 

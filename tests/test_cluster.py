@@ -208,6 +208,33 @@ def test_storage_calls_wait_out_a_locked_sqlite_database_within_a_bound(tmp_path
     blocker.rollback()
 
 
+def test_a_storage_blip_mended_by_one_retry_says_nothing(tmp_path):
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from runners.study import RetryingStorage
+
+    url = f"sqlite:///{tmp_path / 'blip.db'}"
+    storage = RetryingStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})
+    study = optuna.create_study(storage=storage, study_name="blip")
+    notes: list[str] = []
+    storage.on_retry = notes.append
+    blocker = sqlite3.connect(tmp_path / "blip.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    failed: list[str] = []
+
+    def release_after_the_first_failure(context) -> None:  # the blip lasts exactly one failed attempt
+        failed.append(str(context.original_exception))
+        if blocker.in_transaction:
+            blocker.rollback()
+
+    event.listen(storage.engine, "handle_error", release_after_the_first_failure)
+    study.set_user_attr("written", 1)
+    assert study.user_attrs["written"] == 1 and len(failed) == 1 and "locked" in failed[0]
+    assert notes == []  # one failure that the first retry mends is not an outage: nothing on the user's screen
+
+
 def _lose_a_machine_mid_trial(tmp_path, address: str, env: dict[str, str], procs: list[subprocess.Popen], workers: set[str],
                               tiny_space: list[str]) -> None:
     """A second sweep; while both machines train, the second machine's Ray processes are killed: its trial is queued again."""
