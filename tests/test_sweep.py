@@ -53,17 +53,18 @@ def test_failing_evaluation_is_stored_fail_and_sweep_completes(tmp_path):
     assert all("Expected more than 1 value per channel" in t.user_attrs["failure_reason"] for t in trials)
 
 
-def test_resume_after_sigkill(tmp_path, small_space):
+def test_resume_after_sigkill(tmp_path, tiny_space):
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text("heartbeat_interval: 1\ngrace_period: 3\n")  # the killed driver's trial goes stale after 3 s
     args = [sys.executable, "-m", "runners.cli", "search", "--name", "resume", "--runs-dir", str(tmp_path), "--trials", "5",
-            "--concurrent", "1", "--sampler", "random", "--quiet", "--config", str(cfg), *small_space, *FAST]
+            "--concurrent", "1", "--sampler", "random", "--quiet", "--config", str(cfg), *tiny_space,
+            "--epochs", "6"]  # the tiny backbone: the resume, not the training, takes the time; trials long enough to be caught running
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     log = tmp_path / "first-driver.err"
     with open(log, "w") as err:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     db = tmp_path / "resume" / "study.db"
-    deadline = time.monotonic() + 600  # the backbone and two trials: about a minute on an idle 2-core machine
+    deadline = time.monotonic() + 600  # the backbone and two trials: seconds on an idle 2-core machine
     before = {}
     try:
         while time.monotonic() < deadline:
@@ -147,9 +148,9 @@ def test_config_file_toml(tmp_path):
     assert json.loads(json.dumps(config.to_dict()))["train"]["epochs"] == 1
 
 
-def test_multi_objective_sweep_and_pareto_front(tmp_path, small_space):
+def test_multi_objective_sweep_and_pareto_front(tmp_path, tiny_space):
     result = run_nas("search", "--name", "multi", "--runs-dir", tmp_path, "--trials", "4", "--concurrent", "2", "--objective", "multi",
-                     "--sampler", "nsga2", *small_space, *FAST, "--json")
+                     "--sampler", "nsga2", *tiny_space, "--json")
     assert result.code == 0, result.err
     run = open_run(tmp_path / "multi")
     assert [d.name for d in run.study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
@@ -171,17 +172,16 @@ def _asha_keeps(value: float, rung: list[float]) -> bool:
     return value >= sorted(rung, reverse=True)[max(1, len(rung) // 2) - 1]
 
 
-def test_asha_pruner_prunes_per_epoch(tmp_path, small_space):
+def test_asha_pruner_prunes_per_epoch(tmp_path, tiny_space):
     # one trial at a time, seeded, on one thread: the trials report in trial order with the same values every run, so the
     # pruner's decisions can be replayed from the stored per-epoch values. A is the training likelihood (train.score): the
     # pruner ranks each epoch by it, not by validation accuracy (it did, whatever A the reward used)
     result = run_nas("search", "--name", "asha", "--runs-dir", tmp_path, "--trials", "3", "--concurrent", "1", "--cpus-per-trial", "1",
-                     "--pruner", "asha", *small_space, "--sampler", "random", "--seed", "0", "--epochs", "3", "--image-size", "16",
-                     "--timing-image-size", "32", "--timing-batch-size", "8", "--timing-steps", "3", "--score", "train_likelihood",
+                     "--pruner", "asha", *tiny_space, "--sampler", "random", "--seed", "0", "--epochs", "3", "--score", "train_likelihood",
                      "--json")
     assert result.code == 0, result.err
-    trials = open_run(tmp_path / "asha").study.trials  # the backbone yardstick first, then the 3 search trials
-    assert len(trials) == 4 and all(t.intermediate_values for t in trials)  # per-epoch values reached the study from the workers
+    trials = open_run(tmp_path / "asha").study.trials  # the 3 search trials (the tiny backbone is outside its space: no yardstick)
+    assert len(trials) == 3 and all(t.intermediate_values for t in trials)  # per-epoch values reached the study from the workers
     for t in trials:  # each epoch's value: A of the curve up to that epoch
         curve = record_of(t).curve
         assert len(curve) == len(t.intermediate_values)
