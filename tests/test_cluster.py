@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import optuna
 import pytest
@@ -185,19 +186,29 @@ def test_a_sampled_twin_of_the_backbone_is_answered_from_the_backbone_trial(tmp_
 
 
 # ---- storage calls through a busy database -----------------------------------------------------------
-def test_storage_calls_wait_out_a_locked_sqlite_database_within_a_bound(tmp_path):
+def _locked_study(tmp_path: Path, name: str):
+    """A study on a retrying SQLite storage whose own wait is short, its retry notes, and another connection holding
+    the database (as another process's long write does): (study, storage, notes, blocker)."""
     import sqlite3
+
+    from runners.study import RetryingStorage
+
+    storage = RetryingStorage(f"sqlite:///{tmp_path / name}.db", engine_kwargs={"connect_args": {"timeout": 0.1}})
+    study = optuna.create_study(storage=storage, study_name=name)
+    notes: list[str] = []
+    storage.on_retry = notes.append
+    blocker = sqlite3.connect(tmp_path / f"{name}.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    return study, storage, notes, blocker
+
+
+def test_storage_calls_wait_out_a_locked_sqlite_database_within_a_bound(tmp_path):
     import threading
 
-    from runners.study import RetryingStorage, StorageLost
+    from runners.study import StorageLost
 
-    url = f"sqlite:///{tmp_path / 'busy.db'}"
-    storage = RetryingStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})  # SQLite's own wait: short
-    study = optuna.create_study(storage=storage, study_name="busy")
-    notes: list[str] = []
-    storage.on_retry, storage.retry_seconds = notes.append, 30.0
-    blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None, check_same_thread=False)
-    blocker.execute("BEGIN EXCLUSIVE")  # another process holding the database, as a long write does
+    study, storage, notes, blocker = _locked_study(tmp_path, "busy")
+    storage.retry_seconds = 30.0
     threading.Timer(1.5, blocker.rollback).start()
     study.set_user_attr("written", 1)  # retried until the lock goes, then done once
     assert study.user_attrs["written"] == 1 and len(notes) == 1 and "retrying" in notes[0]
@@ -209,19 +220,9 @@ def test_storage_calls_wait_out_a_locked_sqlite_database_within_a_bound(tmp_path
 
 
 def test_a_storage_blip_mended_by_one_retry_says_nothing(tmp_path):
-    import sqlite3
-
     from sqlalchemy import event
 
-    from runners.study import RetryingStorage
-
-    url = f"sqlite:///{tmp_path / 'blip.db'}"
-    storage = RetryingStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})
-    study = optuna.create_study(storage=storage, study_name="blip")
-    notes: list[str] = []
-    storage.on_retry = notes.append
-    blocker = sqlite3.connect(tmp_path / "blip.db", isolation_level=None, check_same_thread=False)
-    blocker.execute("BEGIN EXCLUSIVE")
+    study, storage, notes, blocker = _locked_study(tmp_path, "blip")
     failed: list[str] = []
 
     def release_after_the_first_failure(context) -> None:  # the blip lasts exactly one failed attempt
